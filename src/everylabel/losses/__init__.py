@@ -1,0 +1,16 @@
+"""Losses: one family per file, each a pure function plus a thin ``nn.Module`` with MONAI's flags."""
+
+from __future__ import annotations
+
+from everylabel.losses.cross_entropy import MaskedCrossEntropyLoss, masked_cross_entropy
+from everylabel.losses.dice import DiceLoss, dice_loss, to_one_hot
+from everylabel.losses.dice_ce import DiceCELoss, dice_ce_loss
+
+LOSSES = {
+    "dice": DiceLoss,
+    "ce": MaskedCrossEntropyLoss,
+    "dice_ce": DiceCELoss,
+}
+
+__all__ = ["LOSSES", "DiceLoss", "dice_loss", "MaskedCrossEntropyLoss", "masked_cross_entropy", "DiceCELoss",
+           "dice_ce_loss", "to_one_hot"]

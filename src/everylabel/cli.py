@@ -1,0 +1,161 @@
+"""Command-line entry points. Only parsing here: each command builds a config and calls the library.
+
+Heavy imports (torch, the engine) happen inside the commands so ``everylabel --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+
+
+def _fail(e: Exception) -> None:
+    click.echo(f"error: {e}", err=True)
+    sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="everylabel")
+def main() -> None:
+    """everylabel: medical image segmentation that learns from every annotation a team can afford."""
+
+
+@main.command()
+@click.argument("data", type=click.Path(exists=True))
+@click.option("--quick", is_flag=True, help="Check files and annotations without reading every voxel.")
+def check(data: str, quick: bool) -> None:
+    """Validate a dataset (manifest or nnU-Net raw folder) and print every problem at once."""
+    from everylabel.data.manifest import load_dataset, validate_manifest
+
+    try:
+        manifest = load_dataset(data)
+    except ValueError as e:
+        _fail(e)
+    problems = validate_manifest(manifest, deep=not quick)
+    kinds: dict[str, int] = {}
+    for c in manifest.cases:
+        kinds[c.split] = kinds.get(c.split, 0) + 1
+    if problems:
+        click.echo(f"{len(problems)} problem(s) in {data}:", err=True)
+        for p in problems:
+            click.echo(f"  - {p}", err=True)
+        sys.exit(1)
+    splits = ", ".join(f"{n} {s}" for s, n in sorted(kinds.items()))
+    click.echo(f"{data}: OK: {len(manifest.cases)} cases ({splits}); classes: "
+               + ", ".join(f"{k}={v}" for k, v in sorted(manifest.labels.items())))
+
+
+@main.command()
+@click.option("--data", "data", required=True, type=click.Path(exists=True),
+              help="A manifest (.yaml/.json) or an nnU-Net v2 raw dataset folder.")
+@click.option("--out", "out", required=True, type=click.Path(), help="Run directory.")
+@click.option("--steps", type=int, default=None, help="Override train.steps (the schedule length).")
+@click.option("--config", "config", type=click.Path(exists=True), default=None, help="YAML with config changes.")
+@click.option("--set", "overrides", multiple=True, help="key=value config override, e.g. train.seed=1.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def train(data: str, out: str, steps: int | None, config: str | None, overrides: tuple[str, ...], resume: bool,
+          no_progress: bool) -> None:
+    """Train a model on DATA into the run directory OUT."""
+    from everylabel.experiments.config import load_config
+
+    try:
+        ov = list(overrides) + ([f"train.steps={steps}"] if steps is not None else [])
+        cfg = load_config(config, ov)
+    except ValueError as e:
+        _fail(e)
+    from everylabel.engine.trainer import train as run_train
+
+    try:
+        metrics = run_train(data, out, cfg, resume=resume, progress=not no_progress)
+    except ValueError as e:
+        _fail(e)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted; the last checkpoint is in {out}; continue with --resume", err=True)
+        sys.exit(130)
+    best = metrics.get("best_val_dice")
+    click.echo(f"trained {metrics['steps']} steps in {metrics['train_seconds']:.0f} s"
+               + (f"; best validation Dice {best:.4f}" if best is not None else "") + f"; run in {out}")
+
+
+@main.command()
+@click.option("--model", "model", required=True, type=click.Path(exists=True), help="A training run directory.")
+@click.option("--input", "inputs", required=True, type=click.Path(exists=True),
+              help="A folder of images or a manifest.")
+@click.option("--out", "out", required=True, type=click.Path(), help="Output folder.")
+@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best")
+@click.option("--tta/--no-tta", default=None, help="Flip test-time augmentation (default: from the run's config).")
+@click.option("--save-probabilities", is_flag=True, help="Also write per-class probabilities.")
+def predict(model: str, inputs: str, out: str, checkpoint: str, tta: bool | None, save_probabilities: bool) -> None:
+    """Predict a label map per case, in the input's format and geometry."""
+    from everylabel.engine.predictor import predict as run_predict
+
+    try:
+        outs = run_predict(model, inputs, out, checkpoint=checkpoint, tta=tta, save_probabilities=save_probabilities)
+    except ValueError as e:
+        _fail(e)
+    click.echo(f"wrote {len(outs)} prediction(s) to {out}")
+
+
+@main.command()
+@click.option("--pred", "pred", required=True, type=click.Path(exists=True), help="Folder of predictions.")
+@click.option("--ref", "ref", required=True, type=click.Path(exists=True),
+              help="Folder of reference label maps or a manifest.")
+@click.option("--out", "out", type=click.Path(), default=None, help="Folder for cases.csv, summary.json, summary.md.")
+@click.option("--metrics", "metrics", default=None, help="Comma-separated metric names (default: overlap metrics).")
+@click.option("--split", default=None, help="Only cases of this manifest split (e.g. test).")
+@click.option("--include-background", is_flag=True)
+def evaluate(pred: str, ref: str, out: str | None, metrics: str | None, split: str | None,
+             include_background: bool) -> None:
+    """Evaluate predictions against references; prints a Markdown table."""
+    from everylabel.engine.evaluation import evaluate as run_evaluate
+    from everylabel.metrics import DEFAULT_METRICS, summary_markdown
+
+    names = tuple(m.strip() for m in metrics.split(",")) if metrics else DEFAULT_METRICS
+    try:
+        summary = run_evaluate(pred, ref, out, metrics=names, split=split, include_background=include_background)
+    except ValueError as e:
+        _fail(e)
+    click.echo(summary_markdown(summary))
+
+
+@main.command()
+@click.option("--out", "out", type=click.Path(), default=None, help="Keep the demo's data and run here.")
+@click.option("--steps", type=int, default=300, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def demo(out: str | None, steps: int, seed: int) -> None:
+    """Build a synthetic 2D dataset, train, predict, evaluate and print the table (about 2 minutes on 2 cores)."""
+    from everylabel.data.synthetic import make_dataset
+    from everylabel.engine.evaluation import evaluate as run_evaluate
+    from everylabel.engine.predictor import predict as run_predict
+    from everylabel.engine.trainer import train as run_train
+    from everylabel.experiments.config import load_config
+    from everylabel.metrics import summary_markdown
+
+    tmp = None
+    if out is None:
+        tmp = tempfile.TemporaryDirectory(prefix="everylabel-demo-")
+        out = tmp.name
+    root = Path(out)
+    t0 = time.perf_counter()
+    data = make_dataset(root / "data", seed=seed)
+    click.echo(f"[demo] synthetic nnU-Net dataset (vessels + organs) in {data}")
+    cfg = load_config(None, [f"train.steps={steps}", f"train.seed={seed}", "train.val_every=100",
+                             "data.patch_size=[128, 128]", "data.batch_size=8"])
+    metrics = run_train(data, root / "run", cfg)
+    click.echo(f"[demo] trained {metrics['steps']} steps in {metrics['train_seconds']:.0f} s")
+    run_predict(root / "run", data / "imagesTs", root / "pred")
+    summary = run_evaluate(root / "pred", data / "labelsTs", root / "eval",
+                           class_names={1: "vessel", 2: "organ"})
+    click.echo(summary_markdown(summary))
+    click.echo(f"[demo] done in {time.perf_counter() - t0:.0f} s" + ("" if tmp else f"; files in {root}"))
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Derive what the config leaves open from the data (dimensionality, channels, classes, spacing, patch, batch).
+
+With no config at all, ``train --data`` gets nnU-Net-like choices scaled to 2 CPU cores: 2D patches of up to
+256 x 256 (batch 8), 3D patches of up to 64^3 (batch 2), the median spacing as target, CT normalisation for CT
+channels and z-score for the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from everylabel.annotations.kinds import Annotations
+from everylabel.data.preprocess import PreprocessPlan, fit_ct_stats, preprocess_case, resampled_shape
+from everylabel.data.sampling import PreparedCase
+
+DEFAULT_FEATURES = {2: (32, 64, 128, 256, 320), 3: (32, 64, 128, 256, 320)}
+MAX_PATCH = {2: 256, 3: 64}
+DEFAULT_BATCH = {2: 8, 3: 2}
+
+
+@dataclass
+class RunPlan:
+    """Everything needed to rebuild the network and preprocessing at prediction time (saved as plan.json)."""
+
+    spatial_dims: int
+    in_channels: int
+    num_classes: int
+    class_names: dict[int, str]
+    patch_size: tuple[int, ...]
+    batch_size: int
+    preprocess: PreprocessPlan
+    network: dict
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["preprocess"] = self.preprocess.to_dict()
+        d["class_names"] = {str(k): v for k, v in self.class_names.items()}
+        d["patch_size"] = list(self.patch_size)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunPlan:
+        return cls(spatial_dims=int(d["spatial_dims"]), in_channels=int(d["in_channels"]),
+                   num_classes=int(d["num_classes"]),
+                   class_names={int(k): v for k, v in d["class_names"].items()},
+                   patch_size=tuple(d["patch_size"]), batch_size=int(d["batch_size"]),
+                   preprocess=PreprocessPlan.from_dict(d["preprocess"]), network=dict(d["network"]))
+
+
+def _round_patch(shape: tuple[int, ...], limit: int, divisor: int) -> tuple[int, ...]:
+    """Per axis: the image size capped at ``limit``, rounded up to a multiple of ``divisor``."""
+    return tuple(int(np.ceil(min(s, limit) / divisor) * divisor) for s in shape)
+
+
+def network_kwargs(cfg, spatial_dims: int, in_channels: int, num_classes: int) -> dict:
+    features = cfg.network.features or DEFAULT_FEATURES[spatial_dims]
+    return dict(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes,
+                features=tuple(features), norm=cfg.network.norm, residual=cfg.network.residual,
+                attention=cfg.network.attention, dropout=cfg.network.dropout)
+
+
+def plan_run(cfg, manifest, raw: list[tuple[np.ndarray, Annotations, object]]) -> RunPlan:
+    """Resolve the data-dependent settings from the raw training cases ``(image, annotations, meta)``."""
+    if not raw:
+        raise ValueError(f"{manifest.source}: no training cases")
+    first = raw[0][0]
+    spatial_dims = first.ndim - 1
+    in_channels = first.shape[0]
+    num_classes = manifest.num_classes
+
+    spacings = np.array([m.spacing for _, _, m in raw], dtype=np.float64)
+    if cfg.data.target_spacing is not None:
+        if len(cfg.data.target_spacing) != spatial_dims:
+            raise ValueError(f"data.target_spacing has {len(cfg.data.target_spacing)} values but the images are "
+                             f"{spatial_dims}D")
+        target = tuple(float(s) for s in cfg.data.target_spacing)
+    else:
+        target = tuple(float(s) for s in np.median(spacings, axis=0))
+
+    norm = cfg.data.normalization
+    modality = (getattr(manifest, "modality", "") or "").upper()
+    if norm == "auto":
+        norms = ["ct" if modality == "CT" else "zscore"] * in_channels
+    elif norm in ("ct", "zscore", "none"):
+        norms = [norm] * in_channels
+    else:
+        raise ValueError(f"data.normalization must be 'auto', 'zscore', 'ct' or 'none', got {norm!r}")
+    ct_stats = [fit_ct_stats([r[0] for r in raw], [r[1].labels for r in raw], c) if n == "ct" else None
+                for c, n in enumerate(norms)]
+    pp = PreprocessPlan(normalization=norms, target_spacing=target, crop_nonzero=cfg.data.crop_nonzero,
+                        ct_stats=ct_stats)
+
+    net = network_kwargs(cfg, spatial_dims, in_channels, num_classes)
+    divisor = 2 ** (len(net["features"]) - 1)
+    if cfg.data.patch_size is not None:
+        patch = tuple(int(p) for p in cfg.data.patch_size)
+        if len(patch) != spatial_dims:
+            raise ValueError(f"data.patch_size {patch} has {len(patch)} values but the images are {spatial_dims}D")
+        bad = [p for p in patch if p % divisor]
+        if bad:
+            raise ValueError(f"data.patch_size {patch} must be divisible by {divisor} for a network with "
+                             f"{len(net['features'])} levels")
+    else:
+        shapes = np.array([resampled_shape(r[0].shape[1:], m.spacing, target) for r, m in
+                           zip(raw, [x[2] for x in raw])])
+        median_shape = tuple(int(s) for s in np.median(shapes, axis=0))
+        patch = _round_patch(median_shape, MAX_PATCH[spatial_dims], divisor)
+    batch = cfg.data.batch_size or DEFAULT_BATCH[spatial_dims]
+    return RunPlan(spatial_dims=spatial_dims, in_channels=in_channels, num_classes=num_classes,
+                   class_names=dict(manifest.labels), patch_size=patch, batch_size=int(batch), preprocess=pp,
+                   network=net)
+
+
+def prepare(raw: tuple[np.ndarray, Annotations, object], case_id: str, plan: RunPlan) -> PreparedCase:
+    """Preprocess one raw case with the plan."""
+    image, ann, meta = raw
+    img, a, geom = preprocess_case(image, ann, tuple(meta.spacing), plan.preprocess)
+    return PreparedCase(image=img, ann=a, case_id=case_id, num_classes=plan.num_classes, geometry=geom, meta=meta)

@@ -1,0 +1,351 @@
+"""The one training loop, for every method, on one process or under ``torchrun`` (DistributedDataParallel).
+
+Read top to bottom: load and check the data, plan, build network/method/optimiser, (resume), then
+``sample patches -> augment -> method(network, batch) -> step`` with validation and atomic checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from everylabel.annotations.kinds import Kind
+from everylabel.data.batch import collate
+from everylabel.data.sampling import PatchSampler, PreparedCase
+from everylabel.engine.checkpoint import (atomic_write_json, atomic_write_text, code_version, load_checkpoint,
+                                          save_checkpoint)
+from everylabel.engine.inference import sliding_window_inference
+from everylabel.engine.planning import RunPlan, plan_run, prepare
+from everylabel.experiments.config import Config
+from everylabel.methods import build_method
+from everylabel.networks import build_network
+from everylabel.transforms import build_augmentation
+
+log = logging.getLogger("everylabel")
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed() -> DistInfo:
+    """Initialise torch.distributed when launched by torchrun (gloo on CPU, nccl on CUDA)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(),
+                    local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def pick_device(info: DistInfo) -> torch.device:
+    if torch.cuda.is_available():
+        torch.cuda.set_device(info.local_rank)
+        return torch.device("cuda", info.local_rank)
+    return torch.device("cpu")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for a precision setting (None = fp32)."""
+    if precision == "fp32":
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cpu" or torch.cuda.is_bf16_supported() else torch.float16
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise ValueError("train.precision='fp16' needs CUDA; use 'bf16' or 'fp32' on CPU")
+        return torch.float16
+    raise ValueError(f"precision must be 'auto', 'bf16', 'fp16' or 'fp32', got {precision!r}")
+
+
+def lr_lambda(schedule: str, total: int, warmup: int):
+    """Multiplier of the base learning rate at a step: poly (exponent 0.9, nnU-Net), cosine or constant."""
+    if schedule not in ("poly", "cosine", "constant"):
+        raise ValueError(f"optim.schedule must be 'poly', 'cosine' or 'constant', got {schedule!r}")
+
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        t = min(1.0, (step - warmup) / max(1, total - warmup))
+        if schedule == "poly":
+            return (1 - t) ** 0.9
+        if schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * t))
+        return 1.0
+
+    return f
+
+
+def build_optimizer(cfg, params) -> torch.optim.Optimizer:
+    o = cfg.optim
+    if o.name == "adamw":
+        return torch.optim.AdamW(params, lr=o.lr or 3e-3, weight_decay=o.weight_decay)
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr or 1e-2, momentum=o.momentum, nesterov=True,
+                               weight_decay=o.weight_decay)
+    raise ValueError(f"optim.name must be 'adamw' or 'sgd', got {o.name!r}")
+
+
+def split_cases(manifest, cfg: Config) -> tuple[list, list]:
+    """Training and validation case specs: the "val" split if present, else a seeded fraction of "train"."""
+    train = manifest.split(cfg.data.train_split)
+    val = manifest.split(cfg.data.val_split)
+    if not train:
+        raise ValueError(f"{manifest.source}: no cases in split {cfg.data.train_split!r}")
+    if not val and cfg.data.val_fraction > 0 and len(train) >= 5:
+        labelled = [c for c in train if c.mask is not None or getattr(c, "masks_per_class", None)]
+        n_val = max(1, int(round(cfg.data.val_fraction * len(train))))
+        rng = random.Random(cfg.train.seed)
+        pool = sorted(labelled, key=lambda c: c.id)
+        rng.shuffle(pool)
+        val_ids = {c.id for c in pool[:n_val]}
+        val = [c for c in train if c.id in val_ids]
+        train = [c for c in train if c.id not in val_ids]
+    return train, val
+
+
+class _Stop:
+    """Turns SIGTERM into a flag the loop checks, so a kill leaves a consistent checkpoint."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __call__(self, signum, frame):
+        self.requested = True
+
+
+def _setup_logging(run_dir: Path, is_main: bool) -> None:
+    log.setLevel(logging.INFO)
+    if is_main and not any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == run_dir / "train.log"
+                           for h in log.handlers):
+        fh = logging.FileHandler(run_dir / "train.log")
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(fh)
+
+
+def validate_cases(network: nn.Module, cases: list[PreparedCase], plan: RunPlan, cfg: Config,
+                   device: torch.device) -> dict:
+    """Sliding-window prediction of validation cases in the preprocessed grid; Dice per foreground class."""
+    from everylabel.metrics import compute_dice
+
+    network.eval()
+    per_case = []
+    with torch.inference_mode():
+        for case in cases:
+            img = torch.from_numpy(case.image)[None].to(device)
+            logits = sliding_window_inference(img, plan.patch_size, network, overlap=cfg.inference.overlap,
+                                              sw_batch_size=cfg.inference.sw_batch_size, mode=cfg.inference.mode)
+            pred = logits.argmax(1, keepdim=True).cpu()
+            ann = case.ann
+            ref = torch.from_numpy(ann.labels.astype(np.int64))[None, None]
+            valid = None
+            if ann.valid is not None or ann.roi is not None:
+                v = np.ones(case.spatial_shape, bool)
+                if ann.valid is not None:
+                    v &= ann.valid
+                if ann.roi is not None:
+                    v &= ann.roi
+                valid = torch.from_numpy(v)[None, None]
+            d = compute_dice(pred, ref, num_classes=plan.num_classes, valid=valid, include_background=False)
+            per_case.append(np.asarray(d, dtype=np.float64).reshape(-1))
+    network.train()
+    arr = np.stack(per_case) if per_case else np.zeros((0, plan.num_classes - 1))
+    with np.errstate(all="ignore"):
+        mean = float(np.nanmean(arr)) if arr.size and not np.all(np.isnan(arr)) else float("nan")
+    return {"val_dice": mean, "val_cases": len(cases)}
+
+
+def train(data: str | Path, out_dir: str | Path, cfg: Config, *, resume: bool = False,
+          progress: bool = True) -> dict:
+    """Train ``cfg.method`` on the dataset at ``data`` (manifest or nnU-Net raw folder) into ``out_dir``.
+
+    Returns:
+        The final metrics dict (also written to ``out_dir/metrics.json``).
+    """
+    from everylabel.data.manifest import load_case, load_dataset, validate_manifest
+
+    info = setup_distributed()
+    device = pick_device(info)
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    run_dir = Path(out_dir)
+    ckpt_dir = run_dir / "checkpoints"
+
+    # --- data: load and check everything before any work starts --------------------------------------
+    manifest = load_dataset(data)
+    problems = validate_manifest(manifest, deep=True)
+    if problems:
+        raise ValueError(f"{len(problems)} problem(s) in {manifest.source}:\n  - " + "\n  - ".join(problems))
+    train_specs, val_specs = split_cases(manifest, cfg)
+    method = build_method(cfg.method, deep_supervision=cfg.network.deep_supervision)
+    raw_train = [load_case(manifest, c) for c in train_specs]
+    kinds = set().union(*[r[1].kinds for r in raw_train])
+    method.check_dataset(kinds, manifest.source)
+
+    if resume and (ckpt_dir / "last.pt").is_file():
+        state = load_checkpoint(ckpt_dir / "last.pt")
+        plan = RunPlan.from_dict(state["plan"])
+    else:
+        if not resume and (ckpt_dir / "last.pt").is_file():
+            raise ValueError(f"{run_dir} already holds a run; use --resume to continue it or choose another --out")
+        state = None
+        plan = plan_run(cfg, manifest, raw_train)
+    train_cases = [prepare(r, c.id, plan) for r, c in zip(raw_train, train_specs)]
+    val_cases = [prepare(load_case(manifest, c), c.id, plan) for c in val_specs]
+    val_cases = [c for c in val_cases if c.ann.labels is not None]
+    del raw_train
+
+    # --- run directory ---------------------------------------------------------------------------------
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _setup_logging(run_dir, True)
+        atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+        atomic_write_json(run_dir / "plan.json", plan.to_dict())
+        atomic_write_json(run_dir / "run.json", {
+            "data": str(data), "seed": cfg.train.seed, "code": code_version(), "world_size": info.world_size,
+            "train_cases": [c.case_id for c in train_cases], "val_cases": [c.case_id for c in val_cases],
+            "kinds": sorted(k.value for k in kinds)})
+
+    # --- model, optimiser, schedule ----------------------------------------------------------------------
+    torch.manual_seed(cfg.train.seed)
+    network = build_network(cfg.network.name, **plan.network).to(device)
+    channels_last = cfg.train.channels_last
+    if channels_last:
+        network = network.to(memory_format=torch.channels_last if plan.spatial_dims == 2 else
+                             torch.channels_last_3d)
+    model = network
+    if info.world_size > 1:
+        model = nn.parallel.DistributedDataParallel(network, device_ids=None if device.type == "cpu" else
+                                                    [device.index])
+    optimizer = build_optimizer(cfg, network.parameters())
+    total = int(cfg.train.steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.optim.schedule, total,
+                                                                       cfg.optim.warmup_steps))
+    rng = np.random.default_rng(cfg.train.seed)
+    sampler = PatchSampler(train_cases, plan.patch_size, cfg.data.foreground_oversample, rng)
+    augment = build_augmentation(cfg.augment)
+    amp = autocast_dtype(cfg.train.precision, device)
+
+    start_step, best, history = 0, -math.inf, []
+    if state is not None:
+        network.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        start_step, best, history = state["step"], state["best"], state["history"]
+        log.info("resumed at step %d", start_step)
+
+    def checkpoint_state(step: int) -> dict:
+        return {"model": network.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "rng": rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(), "step": step, "best": best, "history": history,
+                "plan": plan.to_dict(), "config": cfg.to_dict()}
+
+    stop = _Stop()
+    old_handler = signal.signal(signal.SIGTERM, stop)
+    bar = None
+    if progress and info.is_main:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        bar = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                       TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn())
+        task = bar.add_task("train", total=total, completed=start_step, info="")
+        bar.start()
+
+    network.train()
+    t0 = time.perf_counter()
+    step = start_step
+    running: dict[str, float] = {}
+    try:
+        while step < total and not stop.requested:
+            # Every rank draws the same global batch and keeps its shard, so DDP sees the batch one process would.
+            samples = [augment(sampler.sample(), rng) for _ in range(plan.batch_size * info.world_size)]
+            batch = collate(samples[info.rank::info.world_size]).to(device)
+            if channels_last:
+                batch.image = batch.image.contiguous(memory_format=torch.channels_last if plan.spatial_dims == 2
+                                                     else torch.channels_last_3d)
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                terms = method(model, batch, step=step, total_steps=total)
+            loss = terms["loss"]
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower optim.lr or check data")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.optim.grad_clip:
+                torch.nn.utils.clip_grad_norm_(network.parameters(), cfg.optim.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            for k, v in terms.items():
+                if k != "output" and torch.is_tensor(v) and v.numel() == 1:
+                    val = v.detach().float()
+                    if info.world_size > 1:
+                        dist.all_reduce(val)
+                        val /= info.world_size
+                    running[k] = running.get(k, 0.0) + float(val)
+            running["_n"] = running.get("_n", 0) + 1
+            if step % cfg.train.log_every == 0 or step == total:
+                n = running.pop("_n")
+                rec = {"step": step, "lr": scheduler.get_last_lr()[0], "time": time.perf_counter() - t0}
+                rec.update({k: v / n for k, v in running.items()})
+                running = {}
+                history.append(rec)
+                if info.is_main:
+                    log.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
+            if info.is_main and val_cases and (step % cfg.train.val_every == 0 or step == total):
+                v = validate_cases(network, val_cases, plan, cfg, device)
+                history.append({"step": step, **v})
+                log.info("step %d val_dice=%.4f", step, v["val_dice"])
+                if v["val_dice"] > best:
+                    best = v["val_dice"]
+                    save_checkpoint(ckpt_dir / "best.pt", checkpoint_state(step))
+            if info.is_main and (step % cfg.train.checkpoint_every == 0 or step == total):
+                save_checkpoint(ckpt_dir / "last.pt", checkpoint_state(step))
+            if bar is not None:
+                bar.update(task, completed=step, info=f"loss {float(loss):.3f}")
+    except KeyboardInterrupt:
+        if info.is_main:
+            save_checkpoint(ckpt_dir / "last.pt", checkpoint_state(step))
+            log.info("interrupted at step %d; checkpoint saved, continue with --resume", step)
+        raise
+    finally:
+        if bar is not None:
+            bar.stop()
+        signal.signal(signal.SIGTERM, old_handler)
+
+    metrics = {"steps": step, "completed": step >= total, "train_seconds": time.perf_counter() - t0,
+               "best_val_dice": None if best == -math.inf else best, "history": history}
+    if info.is_main:
+        save_checkpoint(ckpt_dir / "last.pt", checkpoint_state(step))
+        if not val_cases or not (ckpt_dir / "best.pt").exists():
+            # without validation cases the best model is the last one
+            save_checkpoint(ckpt_dir / "best.pt", checkpoint_state(step))
+        atomic_write_json(run_dir / "metrics.json", metrics)
+    if info.world_size > 1:
+        dist.barrier()
+    if stop.requested:
+        log.info("stopped by SIGTERM at step %d; continue with --resume", step)
+    return metrics

@@ -1,0 +1,237 @@
+"""Run configuration: nested frozen dataclasses with defaults; YAML files and ``--set`` list only changes.
+
+Unknown keys are errors that name the key and suggest the nearest valid one. ``None`` means "derive from the data"
+(patch size, batch size, spacing, normalisation...), resolved by :func:`everylabel.engine.planning.plan_run`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    patch_size: tuple[int, ...] | None = None
+    """Training patch size; None = derived from the images (fits 2 CPU cores)."""
+    batch_size: int | None = None
+    """Samples per step; None = 8 in 2D, 2 in 3D."""
+    foreground_oversample: float = 0.33
+    """Fraction of patches centred on a foreground voxel (nnU-Net: 0.33)."""
+    target_spacing: tuple[float, ...] | None = None
+    """Resample to this spacing; None = the median spacing of the training cases."""
+    normalization: str = "auto"
+    """"auto" (CT -> nnU-Net CT normalisation, else z-score), "zscore", "ct" or "none"."""
+    crop_nonzero: bool = True
+    val_fraction: float = 0.1
+    """Fraction of the training cases held out for validation when the data has no "val" split (0 = none)."""
+    train_split: str = "train"
+    val_split: str = "val"
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    enabled: bool = True
+    flip_prob: float = 0.5
+    rot90_prob: float = 0.5
+    zoom_prob: float = 0.2
+    zoom_range: tuple[float, float] = (0.7, 1.4)
+    intensity_prob: float = 0.15
+    intensity_scale: tuple[float, float] = (0.75, 1.25)
+    intensity_shift: tuple[float, float] = (-0.1, 0.1)
+    gamma_prob: float = 0.3
+    gamma_range: tuple[float, float] = (0.7, 1.5)
+    noise_prob: float = 0.1
+    noise_sigma: float = 0.1
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    name: str = "unet"
+    features: tuple[int, ...] | None = None
+    """Channels per level; None = the network's default."""
+    norm: str = "instance"
+    residual: bool = False
+    attention: bool = False
+    dropout: float = 0.0
+    deep_supervision: bool = True
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    name: str = "supervised"
+    dice_weight: float = 1.0
+    ce_weight: float = 1.0
+    include_background: bool = False
+    """Dice over the background class too (nnU-Net: no)."""
+    batch_dice: bool = True
+    """Dice summed over the batch before the ratio (nnU-Net's batch Dice)."""
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: str = "adamw"
+    """"adamw" or "sgd"."""
+    lr: float | None = None
+    """None = 3e-3 for AdamW, 1e-2 for SGD (nnU-Net)."""
+    weight_decay: float = 1e-4
+    momentum: float = 0.99
+    schedule: str = "poly"
+    """"poly" (nnU-Net, exponent 0.9), "cosine" or "constant"."""
+    warmup_steps: int = 0
+    grad_clip: float = 12.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 2000
+    val_every: int = 250
+    log_every: int = 50
+    seed: int = 0
+    precision: str = "auto"
+    """"auto" (bf16 autocast on CPU and CUDA when supported), "bf16", "fp16" (CUDA) or "fp32"."""
+    channels_last: bool = True
+    num_threads: int | None = None
+    """torch threads; None = torch's default."""
+    checkpoint_every: int = 250
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    overlap: float = 0.5
+    sw_batch_size: int = 4
+    mode: str = "gaussian"
+    tta: bool = False
+    precision: str = "fp32"
+    """"fp32" or "bf16" for inference."""
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+    def to_dict(self) -> dict:
+        return _to_plain(dataclasses.asdict(self))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _to_plain(x):
+    if isinstance(x, dict):
+        return {k: _to_plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_to_plain(v) for v in x]
+    return x
+
+
+def _unknown_key_error(key: str, valid: list[str], where: str) -> ValueError:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(sorted(valid))}"
+    return ValueError(f"unknown config key {key!r} in {where}{hint}")
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Convert YAML/CLI values to the field's type (tuples from lists, numbers from strings)."""
+    text = hint.__name__ if isinstance(hint, type) else str(hint)
+    if value is None:
+        return None
+    if text.startswith("tuple") or "tuple[" in text:
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"config key {key!r} expects a list, got {value!r}")
+        return tuple(value)
+    if isinstance(value, str) and not text.startswith("str") and "str |" not in text:
+        parsed = yaml.safe_load(value)
+        value = parsed
+    if ("float" in text) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if text.startswith("float") and not isinstance(value, float):
+        raise ValueError(f"config key {key!r} expects a number, got {value!r}")
+    if text.startswith("bool") and not isinstance(value, bool):
+        raise ValueError(f"config key {key!r} expects true/false, got {value!r}")
+    if text.startswith("int") and (not isinstance(value, int) or isinstance(value, bool)):
+        raise ValueError(f"config key {key!r} expects an integer, got {value!r}")
+    return value
+
+
+def _build(cls, data: dict, where: str):
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} must be a mapping, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise _unknown_key_error(key, names, where)
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value or {}, f"{where}.{key}")
+        else:
+            kwargs[key] = _coerce(value, hint, f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict | None, where: str = "config") -> Config:
+    """Build a :class:`Config` from a (possibly partial) nested dict; unknown keys raise ValueError."""
+    return _build(Config, data or {}, where)
+
+
+def parse_set_options(options: list[str] | tuple[str, ...]) -> dict:
+    """Turn ``["train.steps=100", "network.residual=true"]`` into a nested dict (values parsed as YAML)."""
+    out: dict = {}
+    for opt in options:
+        if "=" not in opt:
+            raise ValueError(f"--set expects key=value, got {opt!r}")
+        key, raw = opt.split("=", 1)
+        parts = key.strip().split(".")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    return out
+
+
+def merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a YAML config (only changes from the defaults) and apply ``key=value`` overrides."""
+    data: dict = {}
+    where = "config"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"config file {path} does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
+        where = str(path)
+    if overrides:
+        data = merge(data, parse_set_options(overrides))
+    return config_from_dict(data, where)
+
+
+def replace_config(cfg: Config, **sections) -> Config:
+    """Return a copy with some fields of some sections replaced: ``replace_config(cfg, train={"steps": 5})``."""
+    changes = {}
+    for name, values in sections.items():
+        changes[name] = dataclasses.replace(getattr(cfg, name), **values)
+    return dataclasses.replace(cfg, **changes)
