@@ -7,6 +7,7 @@ channels and z-score for the rest.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -14,8 +15,8 @@ import numpy as np
 from everylabel.annotations.kinds import Annotations
 from everylabel.data.preprocess import PreprocessPlan, fit_ct_stats, preprocess_case, resampled_shape
 from everylabel.data.sampling import PreparedCase
+from everylabel.networks import NETWORKS
 
-DEFAULT_FEATURES = {2: (32, 64, 128, 256, 320), 3: (32, 64, 128, 256, 320)}
 MAX_PATCH = {2: 256, 3: 64}
 DEFAULT_BATCH = {2: 8, 3: 2}
 
@@ -55,7 +56,10 @@ def _round_patch(shape: tuple[int, ...], limit: int, divisor: int) -> tuple[int,
 
 
 def network_kwargs(cfg, spatial_dims: int, in_channels: int, num_classes: int) -> dict:
-    features = cfg.network.features or DEFAULT_FEATURES[spatial_dims]
+    if cfg.network.name not in NETWORKS:
+        raise ValueError(f"unknown network {cfg.network.name!r}; available: {', '.join(sorted(NETWORKS))}")
+    default = inspect.signature(NETWORKS[cfg.network.name]).parameters["features"].default
+    features = cfg.network.features or default
     return dict(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes,
                 features=tuple(features), norm=cfg.network.norm, residual=cfg.network.residual,
                 attention=cfg.network.attention, dropout=cfg.network.dropout)

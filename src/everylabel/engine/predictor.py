@@ -53,12 +53,16 @@ def find_inputs(path: str | Path) -> list[InputCase]:
     return [InputCase(cid, files) for cid, files in sorted(groups.items())]
 
 
+LOSSY_TO_LOSSLESS = {".jpg": ".png", ".jpeg": ".png"}
+
+
 def output_name(case: InputCase) -> str:
-    """``<case_id><suffix of the first channel file>``; HDF5 inputs give NIfTI-free ``.h5`` outputs."""
+    """``<case_id><suffix of the first channel file>``; lossy JPEG inputs give PNG label maps."""
     from everylabel.data.io import image_suffix, split_key
 
     first, _ = split_key(case.images[0])
-    return case.case_id + image_suffix(first)
+    suffix = image_suffix(first)
+    return case.case_id + LOSSY_TO_LOSSLESS.get(suffix.lower(), suffix)
 
 
 class Predictor:
@@ -124,7 +128,8 @@ class Predictor:
         out_dir = Path(out_dir)
         out = write_label(out_dir / output_name(case), labels, meta)
         if save_probabilities:
-            write_image(out_dir / f"{case.case_id}_probabilities.nii.gz", probs.numpy().astype(np.float32), meta)
+            suffix = ".nii.gz" if meta.format == "nifti" or self.plan.spatial_dims == 3 else ".tif"
+            write_image(out_dir / f"{case.case_id}_probabilities{suffix}", probs.numpy().astype(np.float32), meta)
         return out
 
 

@@ -178,8 +178,13 @@ def validate_cases(network: nn.Module, cases: list[PreparedCase], plan: RunPlan,
 
 
 def train(data: str | Path, out_dir: str | Path, cfg: Config, *, resume: bool = False,
-          progress: bool = True) -> dict:
+          progress: bool = True, stop_at: int | None = None) -> dict:
     """Train ``cfg.method`` on the dataset at ``data`` (manifest or nnU-Net raw folder) into ``out_dir``.
+
+    Args:
+        resume: continue the run in ``out_dir`` from its last checkpoint (exactly: same batches, same weights).
+        stop_at: stop (with a checkpoint) after this step although the schedule runs to ``cfg.train.steps``;
+            for time-boxed sessions, continued later with ``resume``.
 
     Returns:
         The final metrics dict (also written to ``out_dir/metrics.json``).
@@ -237,8 +242,9 @@ def train(data: str | Path, out_dir: str | Path, cfg: Config, *, resume: bool = 
                              torch.channels_last_3d)
     model = network
     if info.world_size > 1:
+        # find_unused_parameters: a method may leave some heads unused (nnU-Net weights the coarsest scale 0)
         model = nn.parallel.DistributedDataParallel(network, device_ids=None if device.type == "cpu" else
-                                                    [device.index])
+                                                    [device.index], find_unused_parameters=True)
     optimizer = build_optimizer(cfg, network.parameters())
     total = int(cfg.train.steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.optim.schedule, total,
@@ -280,7 +286,7 @@ def train(data: str | Path, out_dir: str | Path, cfg: Config, *, resume: bool = 
     step = start_step
     running: dict[str, float] = {}
     try:
-        while step < total and not stop.requested:
+        while step < min(total, stop_at or total) and not stop.requested:
             # Every rank draws the same global batch and keeps its shard, so DDP sees the batch one process would.
             samples = [augment(sampler.sample(), rng) for _ in range(plan.batch_size * info.world_size)]
             batch = collate(samples[info.rank::info.world_size]).to(device)

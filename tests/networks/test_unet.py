@@ -1,0 +1,167 @@
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from everylabel.networks import NETWORKS, UNet, build_network
+from everylabel.networks.unet import _GroupNormAct
+
+SMALL = (4, 8, 16)  # depth 3: divisor 4, outputs at S, S/2
+
+
+def _input(spatial_dims: int, size: int = 16, batch: int = 2, channels: int = 1) -> torch.Tensor:
+    torch.manual_seed(0)
+    return torch.randn(batch, channels, *(size,) * spatial_dims)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_output_shapes_full_resolution_first(spatial_dims):
+    net = UNet(spatial_dims, in_channels=2, out_channels=3, features=(4, 8, 16, 32))
+    outputs = net(_input(spatial_dims, channels=2))
+    assert isinstance(outputs, list)
+    assert len(outputs) == net.num_outputs == 3
+    for level, out in enumerate(outputs):
+        assert out.shape == (2, 3, *(16 // 2**level,) * spatial_dims)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("attention", [False, True])
+def test_variants_shapes_and_predict_logits(spatial_dims, residual, attention):
+    net = UNet(spatial_dims, 1, 2, features=SMALL, residual=residual, attention=attention, dropout=0.1).eval()
+    x = _input(spatial_dims)
+    outputs = net(x)
+    assert isinstance(outputs, list)  # eval mode still returns every scale
+    assert [o.shape for o in outputs] == [(2, 2, *(16,) * spatial_dims), (2, 2, *(8,) * spatial_dims)]
+    torch.testing.assert_close(net.predict_logits(x), outputs[0])
+
+
+@pytest.mark.parametrize("norm", ["instance", "batch", "group", "none"])
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_norm_variants(norm, spatial_dims):
+    net = UNet(spatial_dims, 1, 2, features=(8, 16, 24), norm=norm)
+    outputs = net(_input(spatial_dims))
+    assert outputs[0].shape == (2, 2, *(16,) * spatial_dims)
+    assert all(torch.isfinite(o).all() for o in outputs)
+
+
+def test_instance_norm_matches_torch_instance_norm():
+    net = UNet(2, 1, 2, features=SMALL, norm="instance")
+    stage = net.encoder[1]
+    reference = torch.nn.Sequential(
+        stage.conv1[0], torch.nn.InstanceNorm2d(8, affine=True), torch.nn.LeakyReLU(0.01)
+    )
+    x = net.encoder[0](_input(2))
+    torch.testing.assert_close(stage.conv1(x), reference(x), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("groups, act", [(6, True), (2, False)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_group_norm_act_gradcheck_and_reference(groups, act, channels_last):
+    torch.manual_seed(0)
+    layer = _GroupNormAct(6, groups, act=act).double()
+    with torch.no_grad():
+        layer.weight.uniform_(0.5, 1.5)
+        layer.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(2, 6, 3, 4, 5, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    x.requires_grad_(True)
+    expected = F.group_norm(x, groups, layer.weight, layer.bias, 1e-5)
+    expected = F.leaky_relu(expected, 0.01) if act else expected
+    torch.testing.assert_close(layer(x), expected)
+    assert torch.autograd.gradcheck(layer, (x,))
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_gradients_reach_every_parameter(spatial_dims):
+    net = UNet(spatial_dims, 1, 2, features=SMALL, residual=True, attention=True)
+    loss = sum(o.square().mean() for o in net(_input(spatial_dims)))
+    loss.backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_bf16_autocast(spatial_dims):
+    net = UNet(spatial_dims, 1, 2, features=SMALL, attention=True)
+    x = _input(spatial_dims)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs = net(x)
+        loss = sum(o.float().square().mean() for o in outputs)
+    loss.backward()
+    assert outputs[0].shape == (2, 2, *(16,) * spatial_dims)
+    assert torch.isfinite(loss)
+    torch.testing.assert_close(outputs[0].float(), net(x)[0], atol=0.1, rtol=0.1)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_channels_last_input_and_module(spatial_dims):
+    fmt = torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
+    net = UNet(spatial_dims, 1, 2, features=SMALL, residual=True).eval()
+    x = _input(spatial_dims, channels=1)
+    expected = net(x)
+    net = net.to(memory_format=fmt)
+    outputs = net(x.to(memory_format=fmt))
+    for out, ref in zip(outputs, expected):
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+
+
+def test_divisor_and_custom_strides():
+    net = UNet(2, 1, 2, features=(4, 8, 16, 32), strides=(2, 1, 2))
+    assert net.divisor == 4
+    assert [tuple(o.shape[2:]) for o in net(torch.zeros(1, 1, 12, 8))] == [(12, 8), (6, 4), (6, 4)]
+    assert UNet(3, 1, 2, features=(4, 8, 16, 32, 64)).divisor == 16
+
+
+def test_indivisible_input_raises():
+    net = UNet(2, 1, 2, features=(4, 8, 16, 32))
+    with pytest.raises(ValueError, match=r"\(20, 16\) must be divisible by 8"):
+        net(torch.zeros(1, 1, 20, 16))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(spatial_dims=1), "spatial_dims must be 2 or 3"),
+        (dict(in_channels=0), "in_channels must be a positive integer"),
+        (dict(out_channels=2.5), "out_channels must be a positive integer"),
+        (dict(features=()), "at least 2 stages"),
+        (dict(features=(8,)), "at least 2 stages"),
+        (dict(features=(8, 0, 16)), "features must be positive integers"),
+        (dict(norm="layer"), "norm must be one of"),
+        (dict(dropout=1.0), r"dropout must be in \[0, 1\)"),
+        (dict(dropout=-0.1), r"dropout must be in \[0, 1\)"),
+        (dict(strides=(2,)), "strides must have len"),
+        (dict(strides=(2, 0)), "strides must be positive integers"),
+    ],
+)
+def test_bad_arguments_raise(kwargs, message):
+    args = dict(spatial_dims=2, in_channels=1, out_channels=2, features=(4, 8, 16))
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        UNet(**args)
+
+
+def test_bad_input_shapes_raise():
+    net = UNet(3, 2, 2, features=SMALL)
+    with pytest.raises(ValueError, match="expects input"):
+        net(torch.zeros(1, 2, 16, 16))
+    with pytest.raises(ValueError, match="expects 2 input channels"):
+        net(torch.zeros(1, 1, 16, 16, 16))
+
+
+def test_registry():
+    assert NETWORKS == {"unet": UNet}
+    net = build_network("unet", spatial_dims=2, in_channels=1, out_channels=2, features=SMALL)
+    assert isinstance(net, UNet)
+    with pytest.raises(ValueError, match="Unknown network 'vnet'; valid names are: unet"):
+        build_network("vnet")
+
+
+def test_default_features_parameter_count():
+    net = UNet(2, 1, 2)
+    params = sum(p.numel() for p in net.parameters())
+    assert 1.2e6 < params < 2.2e6  # close to MONAI's UNet(2, 1, 2, (16, 32, 64, 128, 256), num_res_units=2)
