@@ -15,7 +15,16 @@ from everylabel.losses import (
 )
 
 monai = pytest.importorskip("monai")
-from monai.losses.cldice import soft_skel  # noqa: E402
+soft_skel = pytest.importorskip("monai.losses.cldice").soft_skel
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: with one thread no OpenMP wake-ups, which dominate the run time on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def _inputs(ndim: int, b: int = 2, n: int = 3, size: int = 12, dtype=torch.float32, seed: int = 0):
@@ -60,7 +69,7 @@ def test_soft_skeleton_gradient_matches_monai(ndim):
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_cldice_identical_to_monai(ndim, include_background, act, reduction):
     logits, target = _inputs(ndim, size=12 if ndim == 2 else 8)
-    kw = dict(include_background=include_background, reduction=reduction)
+    kw = {"include_background": include_background, "reduction": reduction}
     if act == "none":  # probabilities and a one-hot target
         input, target, flags = torch.softmax(logits, 1), monai.networks.one_hot(target, 3), {}
     else:
@@ -78,14 +87,14 @@ def test_cldice_identical_to_monai(ndim, include_background, act, reduction):
 def test_cldice_options_identical_to_monai(iterations):
     logits, target = _inputs(2, n=1)
     target = (target > 0).float()[:, :1]
-    kw = dict(sigmoid=True, smooth_nr=0.5, smooth_dr=2.0, smooth=1e-3)
+    kw = {"sigmoid": True, "smooth_nr": 0.5, "smooth_dr": 2.0, "smooth": 1e-3}
     ours = soft_cldice_loss(logits, target, iterations=iterations, **kw)
     assert torch.equal(ours, monai.losses.SoftclDiceLoss(iter_=iterations, **kw)(logits, target))
 
 
 def test_reduction_none_differs_from_monai_only_in_shape():
     logits, target = _inputs(2)
-    kw = dict(to_onehot_y=True, softmax=True, reduction="none")
+    kw = {"to_onehot_y": True, "softmax": True, "reduction": "none"}
     ours = soft_cldice_loss(logits, target, **kw)
     ref = monai.losses.SoftclDiceLoss(**kw)(logits, target)
     assert ours.shape == (2, 1, 1, 1) and ref.shape == (2,)  # ours broadcasts against (B, N, H, W)
@@ -100,7 +109,7 @@ def test_reduction_none_differs_from_monai_only_in_shape():
 @pytest.mark.parametrize("fn", [soft_cldice_loss, soft_dice_cldice_loss])
 def test_reduction_shapes(ndim, fn):
     logits, target = _inputs(ndim, size=8)
-    kw = dict(to_onehot_y=True, softmax=True)
+    kw = {"to_onehot_y": True, "softmax": True}
     none = fn(logits, target, reduction="none", **kw)
     assert none.shape == (2, 1 if fn is soft_cldice_loss else 3) + (1,) * ndim
     assert fn(logits, target, reduction="mean", **kw).shape == ()
@@ -116,7 +125,7 @@ def test_reduction_shapes(ndim, fn):
 def test_function_equals_module(ndim):
     logits, target = _inputs(ndim, size=8)
     mask = torch.rand(target.shape) > 0.3
-    kw = dict(to_onehot_y=True, softmax=True, include_background=False, iterations=2)
+    kw = {"to_onehot_y": True, "softmax": True, "include_background": False, "iterations": 2}
     assert torch.equal(soft_cldice_loss(logits, target, mask=mask, **kw), SoftclDiceLoss(**kw)(logits, target, mask))
     assert torch.equal(soft_dice_cldice_loss(logits, target, mask=mask, alpha=0.7, **kw),
                        SoftDiceclDiceLoss(alpha=0.7, **kw)(logits, target, mask))
@@ -125,7 +134,7 @@ def test_function_equals_module(ndim):
 
 def test_alpha_endpoints():
     logits, target = _inputs(2)
-    kw = dict(to_onehot_y=True, softmax=True)
+    kw = {"to_onehot_y": True, "softmax": True}
     cl = soft_cldice_loss(logits, target, **kw)
     assert torch.equal(soft_dice_cldice_loss(logits, target, alpha=1.0, **kw), cl)
     dice = monai.losses.DiceLoss(smooth_nr=1.0, smooth_dr=1.0, **kw)(logits, target)
@@ -238,3 +247,10 @@ def test_bad_input_messages():
         SoftclDiceLoss(softmax=True, to_onehot_y=True)(logits, target, torch.ones_like(logits))
     with pytest.raises(ValueError, match="softmax=True with a single channel is meaningless"):
         soft_cldice_loss(logits[:, :1], target, softmax=True)
+
+
+@pytest.mark.slow
+def test_compiled_skeleton_identical():
+    x = torch.rand(1, 1, 8, 8)
+    with torch.no_grad():  # forward only: compiling the backward too takes ~20 s on 2 cores
+        assert torch.equal(soft_skeleton(x, 2, compile=True), soft_skel(x, 2))

@@ -19,13 +19,11 @@ def _inputs(ndim: int, b: int = 2, n: int = 3, size: int = 8, dtype=torch.float3
 
 
 def _call(name, module, logits, target, mask=None):
-    if name == "dice":
-        return module(logits, target, mask) if mask is not None else module(logits, target)
     return module(logits, target, mask)
 
 
 def _make(name, **kw):
-    if name == "dice":
+    if name in ("dice", "cldice", "dice_cldice"):
         return LOSSES[name](to_onehot_y=True, softmax=True, **kw)
     return LOSSES[name](**kw)
 

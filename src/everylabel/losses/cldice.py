@@ -16,8 +16,8 @@ from __future__ import annotations
 import functools
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from everylabel.losses.dice import _check_flags, dice_loss, prepare_target, reduce, upcast
 
@@ -70,7 +70,7 @@ def soft_open(x: torch.Tensor) -> torch.Tensor:
 
 
 def _soft_skeleton(x: torch.Tensor, iterations: int) -> torch.Tensor:
-    neg = -x  # erosions are carried negated: -erode(I) = cross_max(-I), so each costs one negation, not four
+    neg = -x  # erosions carried negated, -erode(I) = cross_max(-I): one negation each (MONAI: four, six in 3D)
     image = x
     skel = None
     for _ in range(iterations + 1):
@@ -225,16 +225,16 @@ def soft_dice_cldice_loss(input: torch.Tensor, target: torch.Tensor, *, mask: to
 
 
 class SoftclDiceLoss(nn.Module):
-    """Module form of :func:`soft_cldice_loss` (flags of ``monai.losses.SoftclDiceLoss``, ``iter_`` -> ``iterations``)."""
+    """Module form of :func:`soft_cldice_loss` (flags of ``monai.losses.SoftclDiceLoss``; its ``iter_`` is ``iterations``)."""
 
     def __init__(self, iterations: int = 3, include_background: bool = True, to_onehot_y: bool = False,
                  sigmoid: bool = False, softmax: bool = False, smooth_nr: float = 1.0, smooth_dr: float = 1.0,
                  smooth: float = 1e-4, reduction: str = "mean", compile: bool = False):
         super().__init__()
         _check_cldice_flags(iterations, smooth, sigmoid, softmax, reduction)
-        self.kw = dict(iterations=iterations, include_background=include_background, to_onehot_y=to_onehot_y,
-                       sigmoid=sigmoid, softmax=softmax, smooth_nr=smooth_nr, smooth_dr=smooth_dr, smooth=smooth,
-                       reduction=reduction, compile=compile)
+        self.kw = {"iterations": iterations, "include_background": include_background, "to_onehot_y": to_onehot_y,
+                   "sigmoid": sigmoid, "softmax": softmax, "smooth_nr": smooth_nr, "smooth_dr": smooth_dr,
+                   "smooth": smooth, "reduction": reduction, "compile": compile}
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return soft_cldice_loss(input, target, mask=mask, **self.kw)
@@ -249,9 +249,9 @@ class SoftDiceclDiceLoss(nn.Module):
         super().__init__()
         _check_cldice_flags(iterations, smooth, sigmoid, softmax, reduction)
         _check_alpha(alpha)
-        self.kw = dict(alpha=alpha, iterations=iterations, include_background=include_background,
-                       to_onehot_y=to_onehot_y, sigmoid=sigmoid, softmax=softmax, smooth_nr=smooth_nr,
-                       smooth_dr=smooth_dr, smooth=smooth, reduction=reduction, compile=compile)
+        self.kw = {"alpha": alpha, "iterations": iterations, "include_background": include_background,
+                   "to_onehot_y": to_onehot_y, "sigmoid": sigmoid, "softmax": softmax, "smooth_nr": smooth_nr,
+                   "smooth_dr": smooth_dr, "smooth": smooth, "reduction": reduction, "compile": compile}
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return soft_dice_cldice_loss(input, target, mask=mask, **self.kw)
