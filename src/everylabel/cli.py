@@ -124,6 +124,36 @@ def evaluate(pred: str, ref: str, out: str | None, metrics: str | None, split: s
 
 
 @main.command()
+@click.argument("manifest", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "out", required=True, type=click.Path(), help="Folder for the new manifest and label files.")
+@click.option("--protocol", "protocol", default=None,
+              help="YAML/JSON protocol file, or a simulator name applied to every train case (e.g. boxes).")
+@click.option("--param", "params", multiple=True, help="key=value simulator parameter (with a simulator name).")
+@click.option("--seed", type=int, default=0, show_default=True)
+def simulate(manifest: str, out: str, protocol: str | None, params: tuple[str, ...], seed: int) -> None:
+    """Turn full masks into cheaper labels (boxes, scribbles, points, tags, partial, sparse, noisy masks).
+
+    Writes OUT/manifest.yaml (loadable by train/check) and OUT/simulation.json with every parameter and the seed,
+    so users can try an annotation protocol on their own data before paying for it.
+    """
+    import yaml
+
+    from everylabel.annotations import SIMULATORS, simulate_manifest
+
+    if protocol is None:
+        _fail(ValueError(f"--protocol is required: a protocol file or one of {', '.join(sorted(SIMULATORS))}"))
+    if Path(protocol).is_file():
+        spec = yaml.safe_load(Path(protocol).read_text())
+    else:
+        spec = {"kind": protocol, "params": {k: yaml.safe_load(v) for k, v in (p.split("=", 1) for p in params)}}
+    try:
+        path = simulate_manifest(manifest, out, spec, seed=seed)
+    except ValueError as e:
+        _fail(e)
+    click.echo(f"wrote {path}")
+
+
+@main.command()
 @click.option("--out", "out", type=click.Path(), default=None, help="Keep the demo's data and run here.")
 @click.option("--steps", type=int, default=300, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -1,0 +1,278 @@
+"""DRIVE full-mask benchmark: everylabel's default 2D U-Net vs MONAI's UNet, trained the same way in one script.
+
+Parts (all by default):
+  train  - train everylabel's default U-Net (budget B minutes and B/2 minutes) and MONAI's UNet (B minutes) with
+           the same loop, loss (Dice + CE, deep supervision where the network has it), augmentation, optimiser
+           (AdamW, poly LR), 128x128 patches, batch 8, bf16 autocast; evaluate on DRIVE's 20 test images inside the
+           field of view (1st observer). The step count of a B-minute budget comes from a timed warm-up.
+  step   - median time of one training step (forward + backward + AdamW) of everylabel's U-Net at its training
+           defaults (bf16 autocast, channels_last) and of MONAI's UNet at its defaults (fp32), similar parameter
+           counts, same batch: 2D (8, 3, 128, 128) and 3D (2, 1, 64, 64, 64); interleaved A/B repeats.
+  infer  - sliding-window inference of a 3D U-Net on a 256x256x128 volume with 64^3 windows, overlap 0.5, Gaussian
+           blending: MONAI's sliding_window_inference at its default (one window per batch) vs everylabel's
+           (4 windows per batch) in fp32 (labels compared) and bf16.
+
+Usage:
+  python benchmarks/drive_supervised.py                      # everything (~30 min on 2 cores)
+  python benchmarks/drive_supervised.py --parts step,infer   # the speed parts only (~3 min)
+Ends with: RESULT drive_dice=... train_minutes=... step_ratio_vs_monai=... step_ratio_3d_vs_monai=...
+infer_ratio_vs_monai=...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+MANIFEST = REPO / "examples" / "manifests" / "drive.yaml"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+def monai_unet(spatial_dims: int, in_channels: int, out_channels: int, **_ignored):
+    """MONAI's UNet with the channels of the issue's reference run (about 1.6 M parameters in 2D)."""
+    from monai.networks.nets import UNet as MonaiUNet
+
+    return MonaiUNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
+                     channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2)
+
+
+def n_params(m: torch.nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ----------------------------------------------------------------------------------------------------------------
+def train_and_evaluate(network: str, minutes: float, seed: int, workdir: Path, sec_per_step: float | None) -> dict:
+    from everylabel.engine.evaluation import evaluate
+    from everylabel.engine.predictor import predict
+    from everylabel.engine.trainer import train
+    from everylabel.experiments.config import load_config
+    from everylabel.networks import NETWORKS
+
+    NETWORKS.setdefault("monai_unet", monai_unet)
+    common = [f"network.name={network}", "data.patch_size=[128, 128]", "data.batch_size=8",
+              "data.val_fraction=0", f"train.seed={seed}", "train.log_every=100", "train.checkpoint_every=100000"]
+    if sec_per_step is None:
+        warm = workdir / f"{network}_warmup"
+        m = train(MANIFEST, warm, load_config(None, common + ["train.steps=30"]), progress=False)
+        sec_per_step = m["train_seconds"] / 30
+    steps = max(50, int(minutes * 60 / sec_per_step))
+    run = workdir / f"{network}_{minutes:g}min_seed{seed}"
+    t0 = time.perf_counter()
+    m = train(MANIFEST, run, load_config(None, common + [f"train.steps={steps}"]), progress=False)
+    wall = time.perf_counter() - t0
+    pred = workdir / f"{run.name}_pred"
+    t1 = time.perf_counter()
+    predict(run, MANIFEST_TEST, pred, progress=False)
+    infer_s = time.perf_counter() - t1
+    summary = evaluate(pred, MANIFEST, split="test", metrics=("dice",))
+    dice = summary["metrics"]["dice"]["foreground_mean"]
+    return {"network": network, "budget_min": minutes, "steps": steps, "train_min": m["train_seconds"] / 60,
+            "wall_min": wall / 60, "test_dice": float(dice), "predict_s": infer_s, "sec_per_step": sec_per_step}
+
+
+MANIFEST_TEST: Path = MANIFEST  # replaced in main() by a test-only manifest
+
+
+def write_test_manifest(workdir: Path) -> Path:
+    """A copy of the DRIVE manifest holding only the test cases (absolute paths), to predict them."""
+    import yaml
+
+    from everylabel.data.manifest import load_manifest
+
+    m = load_manifest(MANIFEST)
+    cases = [{"id": c.id, "images": list(c.images)} for c in m.cases if c.split == "test"]
+    out = workdir / "drive_test_images.yaml"
+    out.write_text(yaml.safe_dump({"name": "drive_test", "labels": {0: "background", 1: "vessel"},
+                                   "cases": cases}))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+def time_steps(make_a, make_b, x, y, repeats: int, warmup: int = 3) -> tuple[float, float]:
+    """Interleaved A/B median step times (seconds). make_* -> (model, step_fn)."""
+    from everylabel.losses import dice_ce_loss
+
+    def step_fn(model, opt, amp, cl):
+        xi = x.contiguous(memory_format=cl) if cl is not None else x
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            out = model(xi)
+            outs = out if isinstance(out, (list, tuple)) else [out]
+            loss = sum(dice_ce_loss(o, torch.nn.functional.interpolate(y.float(), size=o.shape[2:]).long())
+                       for o in outs[:-1] or outs)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    runners = []
+    for make in (make_a, make_b):
+        model, amp, cl = make()
+        opt = torch.optim.AdamW(model.parameters(), 1e-3)
+        runners.append((model, opt, amp, cl))
+    times = [[], []]
+    for i in range(warmup + repeats):
+        for j, (model, opt, amp, cl) in enumerate(runners):
+            t = time.perf_counter()
+            step_fn(model, opt, amp, cl)
+            if i >= warmup:
+                times[j].append(time.perf_counter() - t)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+def step_benchmark(repeats: int) -> dict:
+    from everylabel.networks import UNet
+
+    out = {}
+    for dims, shape in ((2, (8, 3, 128, 128)), (3, (2, 1, 64, 64, 64))):
+        torch.manual_seed(0)
+        x = torch.randn(shape)
+        y = torch.randint(0, 2, (shape[0], 1) + shape[2:])
+        cl = torch.channels_last if dims == 2 else torch.channels_last_3d
+
+        def ours(dims=dims, cl=cl, shape=shape):
+            m = UNet(dims, shape[1], 2).to(memory_format=cl)
+            return m, True, cl
+
+        def theirs(dims=dims, shape=shape):
+            return monai_unet(dims, shape[1], 2), False, None
+
+        t_ours, t_monai = time_steps(ours, theirs, x, y, repeats)
+        out[dims] = {"ours_ms": 1000 * t_ours, "monai_ms": 1000 * t_monai, "ratio": t_monai / t_ours,
+                     "ours_params": n_params(ours()[0]), "monai_params": n_params(theirs()[0])}
+    return out
+
+
+def infer_benchmark(repeats: int) -> dict:
+    from monai.inferers import sliding_window_inference as monai_swi
+
+    from everylabel.engine.inference import sliding_window_inference
+    from everylabel.networks import UNet
+
+    torch.manual_seed(0)
+    net = UNet(3, 1, 2).eval()
+    vol = torch.randn(1, 1, 256, 256, 128)
+    roi = (64, 64, 64)
+
+    def full(x):
+        return net.predict_logits(x)
+
+    res = {"monai": [], "ours_fp32": [], "ours_bf16": []}
+    labels = {}
+    with torch.inference_mode():
+        for _ in range(repeats):
+            t = time.perf_counter()
+            a = monai_swi(vol, roi, 1, full, overlap=0.5, mode="gaussian")
+            res["monai"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            b = sliding_window_inference(vol, roi, full, overlap=0.5, sw_batch_size=4, mode="gaussian")
+            res["ours_fp32"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                c = sliding_window_inference(vol, roi, full, overlap=0.5, sw_batch_size=4, mode="gaussian")
+            res["ours_bf16"].append(time.perf_counter() - t)
+            labels = {"monai": a.argmax(1), "fp32": b.argmax(1), "bf16": c.argmax(1)}
+    med = {k: statistics.median(v) for k, v in res.items()}
+    return {"monai_s": med["monai"], "ours_fp32_s": med["ours_fp32"], "ours_bf16_s": med["ours_bf16"],
+            "ratio_fp32": med["monai"] / med["ours_fp32"], "ratio_bf16": med["monai"] / med["ours_bf16"],
+            "fp32_label_agreement": float((labels["monai"] == labels["fp32"]).float().mean()),
+            "bf16_label_agreement": float((labels["monai"] == labels["bf16"]).float().mean())}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+def main(argv=None) -> int:
+    global MANIFEST_TEST
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--parts", default="train,step,infer")
+    ap.add_argument("--minutes", type=float, default=10.0, help="training budget of the main runs")
+    ap.add_argument("--seeds", default="0", help="comma-separated training seeds")
+    ap.add_argument("--repeats", type=int, default=10, help="repeats of the timed parts (medians reported)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--json", default=None, help="also write all numbers to this JSON file")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    parts = set(args.parts.split(","))
+    if not MANIFEST.is_file():
+        print(f"missing {MANIFEST}", file=sys.stderr)
+        return 1
+    results: dict = {"machine": {"threads": torch.get_num_threads(), "torch": torch.__version__}}
+    tmp = tempfile.TemporaryDirectory(prefix="drive-bench-") if args.workdir is None else None
+    workdir = Path(args.workdir or tmp.name)
+    workdir.mkdir(parents=True, exist_ok=True)
+    MANIFEST_TEST = write_test_manifest(workdir)
+
+    if "step" in parts:
+        s = step_benchmark(args.repeats)
+        results["step"] = s
+        print("\n## Training step (median of interleaved repeats)")
+        print("| dims | everylabel U-Net (bf16, channels_last) | params | MONAI UNet (fp32) | params | ratio |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for d, r in s.items():
+            print(f"| {d}D | {r['ours_ms']:.1f} ms | {r['ours_params'] / 1e6:.2f} M | {r['monai_ms']:.1f} ms | "
+                  f"{r['monai_params'] / 1e6:.2f} M | {r['ratio']:.2f}x |")
+    if "infer" in parts:
+        r = infer_benchmark(max(1, args.repeats // 4))
+        results["infer"] = r
+        print("\n## Sliding-window inference, 3D U-Net, 256x256x128 volume, 64^3 windows, overlap 0.5")
+        print("| runner | time | speed-up vs MONAI | labels equal to MONAI's |")
+        print("|---|---:|---:|---:|")
+        print(f"| MONAI sliding_window_inference (sw_batch_size=1, fp32) | {r['monai_s']:.2f} s | 1.00x | - |")
+        print(f"| everylabel (4 windows/batch, fp32) | {r['ours_fp32_s']:.2f} s | {r['ratio_fp32']:.2f}x | "
+              f"{100 * r['fp32_label_agreement']:.4f}% |")
+        print(f"| everylabel (4 windows/batch, bf16) | {r['ours_bf16_s']:.2f} s | {r['ratio_bf16']:.2f}x | "
+              f"{100 * r['bf16_label_agreement']:.4f}% |")
+    if "train" in parts:
+        rows = []
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            ours = train_and_evaluate("unet", args.minutes, seed, workdir, None)
+            half = train_and_evaluate("unet", args.minutes / 2, seed, workdir, ours["sec_per_step"])
+            theirs = train_and_evaluate("monai_unet", args.minutes, seed, workdir, None)
+            rows += [ours, half, theirs]
+        results["train"] = rows
+        results["peak_rss_mb"] = peak_rss_mb()
+        print("\n## DRIVE test Dice (20 test images, inside the FOV, 1st observer)")
+        print("| network | budget | steps | train time | test Dice | predict 20 images |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for r in rows:
+            print(f"| {r['network']} | {r['budget_min']:g} min | {r['steps']} | {r['train_min']:.1f} min | "
+                  f"{r['test_dice']:.4f} | {r['predict_s']:.1f} s |")
+        print(f"peak memory (RSS) {results['peak_rss_mb']:.0f} MB")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=float))
+
+    fields = []
+    if "train" in results:
+        main_rows = [r for r in results["train"] if r["network"] == "unet" and r["budget_min"] == args.minutes]
+        half_rows = [r for r in results["train"] if r["network"] == "unet" and r["budget_min"] == args.minutes / 2]
+        monai_rows = [r for r in results["train"] if r["network"] == "monai_unet"]
+        fields += [f"drive_dice={np.mean([r['test_dice'] for r in main_rows]):.4f}",
+                   f"train_minutes={np.mean([r['train_min'] for r in main_rows]):.2f}",
+                   f"drive_dice_half_budget={np.mean([r['test_dice'] for r in half_rows]):.4f}",
+                   f"monai_drive_dice={np.mean([r['test_dice'] for r in monai_rows]):.4f}"]
+    if "step" in results:
+        fields += [f"step_ratio_vs_monai={results['step'][2]['ratio']:.2f}",
+                   f"step_ratio_3d_vs_monai={results['step'][3]['ratio']:.2f}"]
+    if "infer" in results:
+        fields += [f"infer_ratio_vs_monai={results['infer']['ratio_fp32']:.2f}",
+                   f"infer_ratio_bf16_vs_monai={results['infer']['ratio_bf16']:.2f}"]
+    print("RESULT " + " ".join(fields))
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
