@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -163,7 +165,7 @@ def test_window_starts_cover_the_image_flush():
     for axis, (image, roi) in enumerate(zip((100, 64, 33), (32, 32, 16))):
         s = starts[axis]
         assert s[0] == 0 and s[-1] == image - roi
-        assert all(0 < b - a <= roi * 0.5 for a, b in zip(s, s[1:]))
+        assert all(0 < b - a <= roi * 0.5 for a, b in itertools.pairwise(s))
 
 
 def test_gaussian_importance_map():
@@ -184,19 +186,19 @@ def test_gaussian_importance_map():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(inputs=torch.zeros(1, 8, 8)), r"inputs must be a \(B, C, H, W\)"),
-        (dict(roi_size=(8,)), "roi_size must have 2 entries"),
-        (dict(roi_size=(8, 0)), "roi_size must be a sequence of positive integers"),
-        (dict(overlap=1.0), r"overlap must be in \[0, 1\)"),
-        (dict(sw_batch_size=0), "sw_batch_size must be a positive integer"),
-        (dict(mode="linear"), "mode must be one of"),
-        (dict(num_classes=3), "predictor returned 1 channels, expected 3"),
-        (dict(predictor=lambda w: w[..., :4]), "predictor must keep the window size"),
-        (dict(predictor=lambda w: w[:1]), "predictor must return logits of shape"),
+        ({"inputs": torch.zeros(1, 8, 8)}, r"inputs must be a \(B, C, H, W\)"),
+        ({"roi_size": (8,)}, "roi_size must have 2 entries"),
+        ({"roi_size": (8, 0)}, "roi_size must be a sequence of positive integers"),
+        ({"overlap": 1.0}, r"overlap must be in \[0, 1\)"),
+        ({"sw_batch_size": 0}, "sw_batch_size must be a positive integer"),
+        ({"mode": "linear"}, "mode must be one of"),
+        ({"num_classes": 3}, "predictor returned 1 channels, expected 3"),
+        ({"predictor": lambda w: w[..., :4]}, "predictor must keep the window size"),
+        ({"predictor": lambda w: w[:1]}, "predictor must return logits of shape"),
     ],
 )
 def test_bad_arguments_raise(kwargs, message):
-    args = dict(inputs=torch.zeros(2, 1, 8, 8), roi_size=(8, 8), predictor=lambda w: w)
+    args = {"inputs": torch.zeros(2, 1, 8, 8), "roi_size": (8, 8), "predictor": lambda w: w}
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         sliding_window_inference(**args)

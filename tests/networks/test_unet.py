@@ -49,9 +49,7 @@ def test_norm_variants(norm, spatial_dims):
 def test_instance_norm_matches_torch_instance_norm():
     net = UNet(2, 1, 2, features=SMALL, norm="instance")
     stage = net.encoder[1]
-    reference = torch.nn.Sequential(
-        stage.conv1[0], torch.nn.InstanceNorm2d(8, affine=True), torch.nn.LeakyReLU(0.01)
-    )
+    reference = torch.nn.Sequential(stage.conv1[0], torch.nn.InstanceNorm2d(8, affine=True), torch.nn.LeakyReLU(0.01))
     x = net.encoder[0](_input(2))
     torch.testing.assert_close(stage.conv1(x), reference(x), atol=1e-5, rtol=1e-4)
 
@@ -125,21 +123,21 @@ def test_indivisible_input_raises():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(spatial_dims=1), "spatial_dims must be 2 or 3"),
-        (dict(in_channels=0), "in_channels must be a positive integer"),
-        (dict(out_channels=2.5), "out_channels must be a positive integer"),
-        (dict(features=()), "at least 2 stages"),
-        (dict(features=(8,)), "at least 2 stages"),
-        (dict(features=(8, 0, 16)), "features must be positive integers"),
-        (dict(norm="layer"), "norm must be one of"),
-        (dict(dropout=1.0), r"dropout must be in \[0, 1\)"),
-        (dict(dropout=-0.1), r"dropout must be in \[0, 1\)"),
-        (dict(strides=(2,)), "strides must have len"),
-        (dict(strides=(2, 0)), "strides must be positive integers"),
+        ({"spatial_dims": 1}, "spatial_dims must be 2 or 3"),
+        ({"in_channels": 0}, "in_channels must be a positive integer"),
+        ({"out_channels": 2.5}, "out_channels must be a positive integer"),
+        ({"features": ()}, "at least 2 stages"),
+        ({"features": (8,)}, "at least 2 stages"),
+        ({"features": (8, 0, 16)}, "features must be positive integers"),
+        ({"norm": "layer"}, "norm must be one of"),
+        ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
+        ({"dropout": -0.1}, r"dropout must be in \[0, 1\)"),
+        ({"strides": (2,)}, "strides must have len"),
+        ({"strides": (2, 0)}, "strides must be positive integers"),
     ],
 )
 def test_bad_arguments_raise(kwargs, message):
-    args = dict(spatial_dims=2, in_channels=1, out_channels=2, features=(4, 8, 16))
+    args = {"spatial_dims": 2, "in_channels": 1, "out_channels": 2, "features": (4, 8, 16)}
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         UNet(**args)

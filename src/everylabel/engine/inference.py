@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
@@ -128,48 +129,25 @@ def sliding_window_inference(
         >>> sliding_window_inference(torch.rand(1, 1, 100, 90), (64, 64), net).shape
         torch.Size([1, 2, 100, 90])
     """
-    if not isinstance(inputs, Tensor) or inputs.ndim not in (4, 5):
-        shape = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
-        raise ValueError(f"inputs must be a (B, C, H, W) or (B, C, D, H, W) tensor, got {shape}.")
-    spatial_dims = inputs.ndim - 2
-    roi_size = _check_sizes(roi_size, "roi_size")
-    if len(roi_size) != spatial_dims:
-        raise ValueError(
-            f"roi_size must have {spatial_dims} entries for inputs of shape {tuple(inputs.shape)}, got {roi_size}."
-        )
-    if not 0.0 <= overlap < 1.0:
-        raise ValueError(f"overlap must be in [0, 1), got {overlap!r}.")
-    if isinstance(sw_batch_size, bool) or not isinstance(sw_batch_size, int) or sw_batch_size < 1:
-        raise ValueError(f"sw_batch_size must be a positive integer, got {sw_batch_size!r}.")
-    if mode not in BLEND_MODES:
-        raise ValueError(f"mode must be one of {BLEND_MODES}, got {mode!r}.")
-    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
-        raise ValueError(f"num_classes must be a positive integer or None, got {num_classes!r}.")
-
-    if inputs.shape[0] == 0 or inputs.shape[1] == 0:
-        raise ValueError(f"inputs must hold at least one image and one channel, got shape {tuple(inputs.shape)}.")
+    roi_size = _check_arguments(inputs, roi_size, overlap, sw_batch_size, mode, num_classes)
     out_device = inputs.device
     run_device = torch.device(device) if device is not None else out_device
-    batch = inputs.shape[0]
-    image_size = tuple(inputs.shape[2:])
-
-    # Symmetric zero padding up to the window size (MONAI's convention); F.pad lists the last axis first.
+    batch, spatial_dims, image_size = inputs.shape[0], inputs.ndim - 2, tuple(inputs.shape[2:])
     pad = [max(r - s, 0) for r, s in zip(roi_size, image_size)]
     padded_size = tuple(s + p for s, p in zip(image_size, pad))
 
     starts = list(itertools.product(*compute_window_starts(padded_size, roi_size, overlap)))
-    importance = (
-        gaussian_importance_map(roi_size, sigma_scale, device=out_device)
-        if mode == "gaussian"
-        else torch.ones(roi_size, device=out_device)
-    )
+    if mode == "gaussian":
+        importance = gaussian_importance_map(roi_size, sigma_scale, device=out_device)
+    else:
+        importance = torch.ones(roi_size, device=out_device)
     weight = torch.zeros(padded_size, device=out_device)  # one map serves every image of the batch
     for start in starts:
         weight[_window(start, roi_size)] += importance
 
-    flips = [axes for k in range(spatial_dims + 1) for axes in itertools.combinations(range(2, inputs.ndim), k)]
-    if not tta_flips:
-        flips = [()]
+    flips = [()]
+    if tta_flips:
+        flips = [axes for k in range(spatial_dims + 1) for axes in itertools.combinations(range(2, inputs.ndim), k)]
     jobs = [(b, start) for b in range(batch) for start in starts]
     chunks: Iterable[int] = range(0, len(jobs), sw_batch_size)
     if progress:
@@ -181,7 +159,7 @@ def sliding_window_inference(
     if num_classes is not None:
         output = torch.zeros((batch, num_classes, *padded_size), device=out_device)
     with torch.no_grad():
-        if any(pad):
+        if any(pad):  # symmetric zero padding (MONAI's convention); F.pad lists the last axis first
             inputs = F.pad(inputs, [p for d in reversed(pad) for p in (d // 2, d - d // 2)])
         for first in chunks:
             chunk = jobs[first : first + sw_batch_size]
@@ -199,12 +177,36 @@ def sliding_window_inference(
             for (b, start), window_logits in zip(chunk, logits):
                 output[(b, slice(None), *_window(start, roi_size))].addcmul_(window_logits, importance)
 
-    assert output is not None  # at least one window always exists
+    assert output is not None  # internal: batch >= 1 and at least one window, so something was predicted
     output /= weight
     if any(pad):
         crop = tuple(slice(p // 2, p // 2 + s) for p, s in zip(pad, image_size))
         output = output[(slice(None), slice(None), *crop)].clone()
     return output
+
+
+def _check_arguments(
+    inputs: Tensor, roi_size: Sequence[int], overlap: float, sw_batch_size: int, mode: str, num_classes: int | None
+) -> tuple[int, ...]:
+    if not isinstance(inputs, Tensor) or inputs.ndim not in (4, 5):
+        shape = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
+        raise ValueError(f"inputs must be a (B, C, H, W) or (B, C, D, H, W) tensor, got {shape}.")
+    if inputs.shape[0] == 0 or inputs.shape[1] == 0:
+        raise ValueError(f"inputs must hold at least one image and one channel, got shape {tuple(inputs.shape)}.")
+    roi_size = _check_sizes(roi_size, "roi_size")
+    if len(roi_size) != inputs.ndim - 2:
+        raise ValueError(
+            f"roi_size must have {inputs.ndim - 2} entries for inputs of shape {tuple(inputs.shape)}, got {roi_size}."
+        )
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap!r}.")
+    if not _is_positive_int(sw_batch_size):
+        raise ValueError(f"sw_batch_size must be a positive integer, got {sw_batch_size!r}.")
+    if mode not in BLEND_MODES:
+        raise ValueError(f"mode must be one of {BLEND_MODES}, got {mode!r}.")
+    if num_classes is not None and not _is_positive_int(num_classes):
+        raise ValueError(f"num_classes must be a positive integer or None, got {num_classes!r}.")
+    return roi_size
 
 
 def _predict(predictor: Callable, windows: Tensor, axes: tuple[int, ...], roi_size: tuple[int, ...]) -> Tensor:
@@ -226,8 +228,12 @@ def _window(start: Sequence[int], roi_size: Sequence[int]) -> tuple[slice, ...]:
     return tuple(slice(s, s + r) for s, r in zip(start, roi_size))
 
 
+def _is_positive_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+
+
 def _check_sizes(sizes: Sequence[int], name: str) -> tuple[int, ...]:
     sizes = tuple(sizes)
-    if not sizes or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes):
+    if not sizes or not all(_is_positive_int(s) for s in sizes):
         raise ValueError(f"{name} must be a sequence of positive integers, got {sizes!r}.")
-    return sizes
+    return tuple(int(s) for s in sizes)

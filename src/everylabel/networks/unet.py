@@ -6,18 +6,21 @@ normalisation and LeakyReLU(0.01), the first convolution of a stage downsamples 
 with a transposed convolution and concatenates the skip connection, and every decoder level has a 1x1 head.
 
 Options:
-    - ``residual=True`` turns every stage into a pre-addition residual block (He et al., "Deep Residual Learning
-      for Image Recognition", CVPR 2016) with a 1x1 projection when the shape changes.
+    - ``residual=True`` turns every stage into a residual block, conv-norm-act, conv-norm, add shortcut, act (He et
+      al., "Deep Residual Learning for Image Recognition", CVPR 2016), with a 1x1 projection when the shape changes.
     - ``attention=True`` gates every skip connection with an additive attention gate (Oktay et al., "Attention
       U-Net: Learning Where to Look for the Pancreas", MIDL 2018); the gating signal is the coarser decoder level.
 
-CPU speed: convolutions run in channels-last memory format (oneDNN is markedly faster there) and instance
-normalisation is computed as ``GroupNorm(C, C)``, which is the same function with a faster CPU kernel.
+CPU speed: activations and weights are kept in channels-last memory format, where oneDNN convolutions are about
+twice as fast; normalisation + LeakyReLU is one autograd node written for that layout, and the 1x1 heads are matrix
+products. No ``torch.compile`` is needed. The cost is dominated by the full-resolution stage (two convolutions in the
+encoder, two in the decoder), hence the thin first stage of the default ``features``.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -29,6 +32,10 @@ __all__ = ["UNet"]
 
 NORMS = ("instance", "batch", "group", "none")
 _NEGATIVE_SLOPE = 0.01
+
+
+def _is_positive_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
 
 
 def _conv(spatial_dims: int) -> type[nn.Module]:
@@ -97,7 +104,8 @@ class _GroupNormActFunction(torch.autograd.Function):
         k1 = (weight * sum_grad_xhat).sum(3, keepdim=True) * rstd.square() / -count  # (B, 1, G, 1)
         k0 = (weight * sum_grad).sum(3, keepdim=True) * rstd / -count
         grad_x = torch.addcmul(k0, centred, k1).addcmul_(grad, rstd * weight)
-        return grad_x.reshape(batch, *ctx.spatial, groups * per_group).movedim(-1, 1), grad_weight, grad_bias, None, None, None
+        grad_x = grad_x.reshape(batch, *ctx.spatial, groups * per_group).movedim(-1, 1)
+        return grad_x, grad_weight, grad_bias, None, None, None
 
 
 class _GroupNormAct(nn.Module):
@@ -135,9 +143,7 @@ def _norm_act(name: str, spatial_dims: int, channels: int, act: bool) -> nn.Modu
 class _ConvNormAct(nn.Sequential):
     """conv3x3 -> norm -> LeakyReLU (the activation is optional)."""
 
-    def __init__(
-        self, spatial_dims: int, in_ch: int, out_ch: int, stride: int, norm: str, act: bool = True
-    ) -> None:
+    def __init__(self, spatial_dims: int, in_ch: int, out_ch: int, stride: int, norm: str, act: bool = True) -> None:
         super().__init__(
             _conv(spatial_dims)(in_ch, out_ch, 3, stride=stride, padding=1, bias=norm == "none"),
             _norm_act(norm, spatial_dims, out_ch, act),
@@ -158,7 +164,6 @@ class _Stage(nn.Module):
         dropout: float,
     ) -> None:
         super().__init__()
-        self.residual = residual
         self.conv1 = _ConvNormAct(spatial_dims, in_ch, out_ch, stride, norm)
         self.conv2 = _ConvNormAct(spatial_dims, out_ch, out_ch, 1, norm, act=not residual)
         self.skip: nn.Module | None = None
@@ -192,8 +197,11 @@ class _AttentionGate(nn.Module):
     def __init__(self, spatial_dims: int, skip_ch: int, gate_ch: int, stride: int) -> None:
         super().__init__()
         inter = max(skip_ch // 2, 1)
-        conv = _conv(spatial_dims)
-        self.theta_x = conv(skip_ch, inter, stride, stride=stride, bias=False)
+        self.theta_x = (
+            _conv(spatial_dims)(skip_ch, inter, stride, stride=stride, bias=False)
+            if stride > 1
+            else _Pointwise(spatial_dims, skip_ch, inter, bias=False)
+        )
         self.phi_g = _Pointwise(spatial_dims, gate_ch, inter)
         self.psi = _Pointwise(spatial_dims, inter, 1)
         self.mode = "bilinear" if spatial_dims == 2 else "trilinear"
@@ -213,6 +221,8 @@ class UNet(nn.Module):
         in_channels: number of input channels C.
         out_channels: number of output classes N (logits per class).
         features: channels of each stage, shallowest first; ``len(features)`` is the depth (number of stages).
+            The default (1.9 M parameters in 2D, 5.7 M in 3D) is thin at full resolution, where the compute is,
+            and wide at the bottom, where the parameters are; nnU-Net itself uses (32, 64, 128, 256, 512, 512).
         norm: ``"instance"``, ``"batch"``, ``"group"`` (8 groups or fewer) or ``"none"``.
         residual: make every stage a residual block (1x1 projection on the shortcut when the shape changes).
         attention: gate the skip connections with additive attention gates (Oktay et al., MIDL 2018).
@@ -235,7 +245,7 @@ class UNet(nn.Module):
         spatial_dims: int,
         in_channels: int,
         out_channels: int,
-        features: Sequence[int] = (16, 32, 64, 128, 256),
+        features: Sequence[int] = (8, 16, 32, 64, 128, 256),
         norm: str = "instance",
         residual: bool = False,
         attention: bool = False,
@@ -247,11 +257,11 @@ class UNet(nn.Module):
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}.")
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not _is_positive_int(value):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
         if len(features) < 2:
             raise ValueError(f"features must list at least 2 stages (depth >= 2), got {features!r}.")
-        if any(isinstance(f, bool) or not isinstance(f, int) or f < 1 for f in features):
+        if not all(_is_positive_int(f) for f in features):
             raise ValueError(f"features must be positive integers, got {features!r}.")
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}.")
@@ -262,8 +272,10 @@ class UNet(nn.Module):
             raise ValueError(
                 f"strides must have len(features) - 1 = {len(features) - 1} entries, got {len(strides)}: {strides!r}."
             )
-        if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in strides):
+        if not all(_is_positive_int(s) for s in strides):
             raise ValueError(f"strides must be positive integers, got {strides!r}.")
+        in_channels, out_channels = int(in_channels), int(out_channels)
+        features, strides = tuple(int(f) for f in features), tuple(int(s) for s in strides)
 
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
@@ -274,7 +286,6 @@ class UNet(nn.Module):
         self.num_outputs = len(features) - 1
         self._memory_format = torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
 
-        conv = _conv(spatial_dims)
         transposed = nn.ConvTranspose2d if spatial_dims == 2 else nn.ConvTranspose3d
         stage_strides = (1, *strides)
         self.encoder = nn.ModuleList(
@@ -329,8 +340,7 @@ class UNet(nn.Module):
         x = x.contiguous(memory_format=self._memory_format)
         skips: list[Tensor] = []
         for stage in self.encoder:
-            x = stage(x)
-            skips.append(x)
+            skips.append(x := stage(x))
         outputs: list[Tensor] = []
         for level in reversed(range(self.num_outputs)):
             skip = skips[level]
