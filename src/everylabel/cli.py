@@ -90,12 +90,15 @@ def train(data: str, out: str, steps: int | None, config: str | None, overrides:
 @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best")
 @click.option("--tta/--no-tta", default=None, help="Flip test-time augmentation (default: from the run's config).")
 @click.option("--save-probabilities", is_flag=True, help="Also write per-class probabilities.")
-def predict(model: str, inputs: str, out: str, checkpoint: str, tta: bool | None, save_probabilities: bool) -> None:
+@click.option("--split", default=None, help="With a manifest: only the cases of this split (e.g. test).")
+def predict(model: str, inputs: str, out: str, checkpoint: str, tta: bool | None, save_probabilities: bool,
+            split: str | None) -> None:
     """Predict a label map per case, in the input's format and geometry."""
     from everylabel.engine.predictor import predict as run_predict
 
     try:
-        outs = run_predict(model, inputs, out, checkpoint=checkpoint, tta=tta, save_probabilities=save_probabilities)
+        outs = run_predict(model, inputs, out, checkpoint=checkpoint, tta=tta, save_probabilities=save_probabilities,
+                           split=split)
     except ValueError as e:
         _fail(e)
     click.echo(f"wrote {len(outs)} prediction(s) to {out}")
@@ -155,10 +158,10 @@ def simulate(manifest: str, out: str, protocol: str | None, params: tuple[str, .
 
 @main.command()
 @click.option("--out", "out", type=click.Path(), default=None, help="Keep the demo's data and run here.")
-@click.option("--steps", type=int, default=300, show_default=True)
+@click.option("--steps", type=int, default=800, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 def demo(out: str | None, steps: int, seed: int) -> None:
-    """Build a synthetic 2D dataset, train, predict, evaluate and print the table (about 2 minutes on 2 cores)."""
+    """Build a synthetic 2D dataset, train, predict, evaluate and print the table (about 1.5 minutes on 2 cores)."""
     from everylabel.data.synthetic import make_dataset
     from everylabel.engine.evaluation import evaluate as run_evaluate
     from everylabel.engine.predictor import predict as run_predict

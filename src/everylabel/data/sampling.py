@@ -153,9 +153,18 @@ class PatchSampler:
         if not 0 <= foreground_oversample <= 1:
             raise ValueError(f"foreground_oversample must be in [0, 1], got {foreground_oversample}")
         self.cases, self.patch_size, self.p_fg, self.rng = cases, tuple(patch_size), foreground_oversample, rng
+        self.groups = {
+            None: cases,
+            "labelled": [c for c in cases if not c.ann.is_unlabelled],
+            "unlabelled": [c for c in cases if c.ann.is_unlabelled],
+        }
 
-    def sample(self) -> Sample:
-        case = self.cases[int(self.rng.integers(len(self.cases)))]
+    def sample(self, group: str | None = None) -> Sample:
+        """A random patch from a random case of ``group`` ("labelled", "unlabelled" or None for any case)."""
+        pool = self.groups[group]
+        if not pool:
+            raise ValueError(f"no {group} training case to sample from")
+        case = pool[int(self.rng.integers(len(pool)))]
         shape = np.array(case.spatial_shape)
         size = np.array(self.patch_size)
         fg = case.foreground_voxels() if self.rng.random() < self.p_fg else None

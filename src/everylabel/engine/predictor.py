@@ -32,8 +32,12 @@ class InputCase:
     key: str | None = None
 
 
-def find_inputs(path: str | Path) -> list[InputCase]:
-    """Cases to predict from a folder of images (nnU-Net channel files grouped by case id) or a manifest."""
+def find_inputs(path: str | Path, split: str | None = None) -> list[InputCase]:
+    """Cases to predict from a folder of images (nnU-Net channel files grouped by case id) or a manifest.
+
+    Args:
+        split: with a manifest, only the cases of this split (e.g. "test").
+    """
     from everylabel.data.io import IMAGE_SUFFIXES, case_id_from_filename
 
     path = Path(path)
@@ -41,7 +45,11 @@ def find_inputs(path: str | Path) -> list[InputCase]:
         from everylabel.data.manifest import load_dataset
 
         manifest = load_dataset(path)
-        return [InputCase(c.id, list(c.images), getattr(c, "image_key", None)) for c in manifest.cases]
+        cases = [InputCase(c.id, list(c.images), getattr(c, "image_key", None)) for c in manifest.cases
+                 if split is None or c.split == split]
+        if not cases:
+            raise ValueError(f"{path} has no cases" + (f" in split {split!r}" if split else ""))
+        return cases
     if not path.is_dir():
         raise ValueError(f"--input {path} is neither a folder of images nor a manifest file")
     groups: dict[str, list[str]] = defaultdict(list)
@@ -85,7 +93,7 @@ class Predictor:
         self.device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else
                                                                          "cpu")
         self.network = build_network(self.cfg.network.name, **self.plan.network)
-        self.network.load_state_dict(state["model"])
+        self.network.load_state_dict(state.get("inference_model", state["model"]))
         self.network.to(self.device).eval()
         self.step = state["step"]
 
@@ -134,9 +142,10 @@ class Predictor:
 
 
 def predict(run_dir: str | Path, inputs: str | Path, out_dir: str | Path, *, checkpoint: str = "best",
-            save_probabilities: bool = False, tta: bool | None = None, progress: bool = True) -> list[Path]:
-    """Predict every case found at ``inputs`` (folder or manifest) with the run at ``run_dir``."""
-    cases = find_inputs(inputs)
+            save_probabilities: bool = False, tta: bool | None = None, progress: bool = True,
+            split: str | None = None) -> list[Path]:
+    """Predict every case found at ``inputs`` (folder or manifest, optionally one split) with the run at ``run_dir``."""
+    cases = find_inputs(inputs, split)
     predictor = Predictor(run_dir, checkpoint)
     outs = []
     Path(out_dir).mkdir(parents=True, exist_ok=True)

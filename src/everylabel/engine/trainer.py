@@ -126,6 +126,33 @@ def split_cases(manifest, cfg: Config) -> tuple[list, list]:
     return train, val
 
 
+def batch_groups(labelled_fraction: float | None, batch_size: int, world_size: int,
+                 cases: list[PreparedCase]) -> list[str | None]:
+    """Which group ("labelled" / "unlabelled" / None = any) each sample of the global batch is drawn from.
+
+    Every rank's shard (``rank::world_size``) gets the same labelled : unlabelled mix.
+
+    Raises:
+        ValueError: when the fraction leaves no labelled sample in a batch or a needed group has no case.
+    """
+    total = batch_size * world_size
+    if labelled_fraction is None:
+        return [None] * total
+    if not 0 < labelled_fraction <= 1:
+        raise ValueError(f"data.labelled_fraction must be in (0, 1], got {labelled_fraction}")
+    n_lab = int(round(labelled_fraction * batch_size))
+    if n_lab == 0:
+        raise ValueError(f"data.labelled_fraction={labelled_fraction} with batch size {batch_size} leaves no "
+                         "labelled sample in a batch")
+    n_labelled_cases = sum(not c.ann.is_unlabelled for c in cases)
+    if n_labelled_cases == 0:
+        raise ValueError("data.labelled_fraction is set but no training case carries an annotation")
+    if n_lab < batch_size and n_labelled_cases == len(cases):
+        raise ValueError(f"data.labelled_fraction={labelled_fraction} asks for unlabelled samples but every "
+                         "training case is annotated")
+    return ["labelled" if j < n_lab else "unlabelled" for j in range(batch_size) for _ in range(world_size)]
+
+
 class _Stop:
     """Turns SIGTERM into a flag the loop checks, so a kill leaves a consistent checkpoint."""
 
@@ -205,7 +232,15 @@ def train(data: str | Path, out_dir: str | Path, cfg: Config, *, resume: bool = 
         raise ValueError(f"{len(problems)} problem(s) in {manifest.source}:\n  - " + "\n  - ".join(problems))
     train_specs, val_specs = split_cases(manifest, cfg)
     method = build_method(cfg.method, deep_supervision=cfg.network.deep_supervision)
+    if method.uses_unlabelled:
+        train_specs = train_specs + manifest.split("unlabelled")
     raw_train = [load_case(manifest, c) for c in train_specs]
+    if not method.uses_unlabelled:
+        # a method that cannot learn from unannotated cases would only waste batch slots on them
+        keep = [i for i, r in enumerate(raw_train) if not r[1].is_unlabelled]
+        train_specs, raw_train = [train_specs[i] for i in keep], [raw_train[i] for i in keep]
+        if not raw_train:
+            raise ValueError(f"{manifest.source}: no annotated training case for method {method.name!r}")
     kinds = set().union(*[r[1].kinds for r in raw_train])
     method.check_dataset(kinds, manifest.source)
 
@@ -245,18 +280,22 @@ def train(data: str | Path, out_dir: str | Path, cfg: Config, *, resume: bool = 
         # find_unused_parameters: a method may leave some heads unused (nnU-Net weights the coarsest scale 0)
         model = nn.parallel.DistributedDataParallel(network, device_ids=None if device.type == "cpu" else
                                                     [device.index], find_unused_parameters=True)
+    method.setup(network)
+    method.to(device)
     optimizer = build_optimizer(cfg, network.parameters())
     total = int(cfg.train.steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.optim.schedule, total,
                                                                        cfg.optim.warmup_steps))
     rng = np.random.default_rng(cfg.train.seed)
     sampler = PatchSampler(train_cases, plan.patch_size, cfg.data.foreground_oversample, rng)
+    groups = batch_groups(cfg.data.labelled_fraction, plan.batch_size, info.world_size, train_cases)
     augment = build_augmentation(cfg.augment)
     amp = autocast_dtype(cfg.train.precision, device)
 
     start_step, best, history = 0, -math.inf, []
     if state is not None:
         network.load_state_dict(state["model"])
+        method.load_state_dict(state["method"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         rng.bit_generator.state = state["rng"]
@@ -265,7 +304,9 @@ def train(data: str | Path, out_dir: str | Path, cfg: Config, *, resume: bool = 
         log.info("resumed at step %d", start_step)
 
     def checkpoint_state(step: int) -> dict:
-        return {"model": network.state_dict(), "optimizer": optimizer.state_dict(),
+        return {"model": network.state_dict(), "method": method.state_dict(),
+                "inference_model": method.inference_network(network).state_dict(),
+                "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "rng": rng.bit_generator.state,
                 "torch_rng": torch.get_rng_state(), "step": step, "best": best, "history": history,
                 "plan": plan.to_dict(), "config": cfg.to_dict()}
@@ -288,7 +329,7 @@ def train(data: str | Path, out_dir: str | Path, cfg: Config, *, resume: bool = 
     try:
         while step < min(total, stop_at or total) and not stop.requested:
             # Every rank draws the same global batch and keeps its shard, so DDP sees the batch one process would.
-            samples = [augment(sampler.sample(), rng) for _ in range(plan.batch_size * info.world_size)]
+            samples = [augment(sampler.sample(g), rng) for g in groups]
             batch = collate(samples[info.rank::info.world_size]).to(device)
             if channels_last:
                 batch.image = batch.image.contiguous(memory_format=torch.channels_last if plan.spatial_dims == 2
@@ -305,6 +346,7 @@ def train(data: str | Path, out_dir: str | Path, cfg: Config, *, resume: bool = 
             optimizer.step()
             scheduler.step()
             step += 1
+            method.after_step(network, step)
             for k, v in terms.items():
                 if k != "output" and torch.is_tensor(v) and v.numel() == 1:
                     val = v.detach().float()
@@ -322,7 +364,7 @@ def train(data: str | Path, out_dir: str | Path, cfg: Config, *, resume: bool = 
                 if info.is_main:
                     log.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
             if info.is_main and val_cases and (step % cfg.train.val_every == 0 or step == total):
-                v = validate_cases(network, val_cases, plan, cfg, device)
+                v = validate_cases(method.inference_network(network), val_cases, plan, cfg, device)
                 history.append({"step": step, **v})
                 log.info("step %d val_dice=%.4f", step, v["val_dice"])
                 if v["val_dice"] > best:

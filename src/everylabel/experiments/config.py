@@ -32,6 +32,8 @@ class DataConfig:
     """Fraction of the training cases held out for validation when the data has no "val" split (0 = none)."""
     train_split: str = "train"
     val_split: str = "val"
+    labelled_fraction: float | None = None
+    """Fraction of each batch drawn from annotated cases (the rest from unlabelled ones); None = uniform."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,17 @@ class MethodConfig:
     """Dice over the background class too (nnU-Net: no)."""
     batch_dice: bool = True
     """Dice summed over the batch before the ratio (nnU-Net's batch Dice)."""
+    ema_decay: float = 0.99
+    """mean_teacher: teacher EMA decay alpha in [0, 1)."""
+    consistency: str = "mse"
+    """mean_teacher: "mse" or "kl" between student and teacher probabilities."""
+    consistency_weight: float = 1.0
+    rampup_fraction: float = 0.4
+    """mean_teacher: fraction of the schedule over which the consistency weight ramps up."""
+    noise_std: float = 0.1
+    """mean_teacher: Gaussian input noise, drawn independently for student and teacher."""
+    infer_with: str = "teacher"
+    """mean_teacher: "teacher" or "student" for validation and prediction."""
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,21 @@ class Method(nn.Module):
     """
 
     uses: frozenset[Kind] = frozenset()
+    uses_unlabelled: bool = False
+    """True when the method learns from samples without any annotation (they are then included in training)."""
 
     def forward(self, network: nn.Module, batch, step: int = 0, total_steps: int = 1) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def setup(self, network: nn.Module) -> None:
+        """Called once with the network before training (e.g. to create an EMA teacher)."""
+
+    def after_step(self, network: nn.Module, step: int) -> None:
+        """Called after every optimiser step with the number of completed steps (e.g. an EMA update)."""
+
+    def inference_network(self, network: nn.Module) -> nn.Module:
+        """The network used for validation and prediction (a mean teacher may answer with its teacher)."""
+        return network
 
     def check_dataset(self, kinds_present: set[Kind], dataset_name: str = "the dataset") -> None:
         """Raise ValueError when no case carries a kind this method learns from."""
