@@ -76,29 +76,12 @@ def train_and_evaluate(network: str, minutes: float, seed: int, workdir: Path, s
     wall = time.perf_counter() - t0
     pred = workdir / f"{run.name}_pred"
     t1 = time.perf_counter()
-    predict(run, MANIFEST_TEST, pred, progress=False)
+    predict(run, MANIFEST, pred, progress=False, split="test")
     infer_s = time.perf_counter() - t1
     summary = evaluate(pred, MANIFEST, split="test", metrics=("dice",))
     dice = summary["metrics"]["dice"]["foreground_mean"]
     return {"network": network, "budget_min": minutes, "steps": steps, "train_min": m["train_seconds"] / 60,
             "wall_min": wall / 60, "test_dice": float(dice), "predict_s": infer_s, "sec_per_step": sec_per_step}
-
-
-MANIFEST_TEST: Path = MANIFEST  # replaced in main() by a test-only manifest
-
-
-def write_test_manifest(workdir: Path) -> Path:
-    """A copy of the DRIVE manifest holding only the test cases (absolute paths), to predict them."""
-    import yaml
-
-    from everylabel.data.manifest import load_manifest
-
-    m = load_manifest(MANIFEST)
-    cases = [{"id": c.id, "images": list(c.images)} for c in m.cases if c.split == "test"]
-    out = workdir / "drive_test_images.yaml"
-    out.write_text(yaml.safe_dump({"name": "drive_test", "labels": {0: "background", 1: "vessel"},
-                                   "cases": cases}))
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -193,7 +176,6 @@ def infer_benchmark(repeats: int) -> dict:
 
 # ----------------------------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
-    global MANIFEST_TEST
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", default="train,step,infer")
     ap.add_argument("--minutes", type=float, default=10.0, help="training budget of the main runs")
@@ -212,7 +194,6 @@ def main(argv=None) -> int:
     tmp = tempfile.TemporaryDirectory(prefix="drive-bench-") if args.workdir is None else None
     workdir = Path(args.workdir or tmp.name)
     workdir.mkdir(parents=True, exist_ok=True)
-    MANIFEST_TEST = write_test_manifest(workdir)
 
     if "step" in parts:
         s = step_benchmark(args.repeats)
