@@ -291,12 +291,16 @@ def train(data: str | Path, out_dir: str | Path, cfg: Config, *, resume: bool = 
     groups = batch_groups(cfg.data.labelled_fraction, plan.batch_size, info.world_size, train_cases)
     augment = build_augmentation(cfg.augment)
     amp = autocast_dtype(cfg.train.precision, device)
+    # fp16 (CUDA without bf16) needs loss scaling; bf16 and fp32 do not
+    scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
 
     start_step, best, history = 0, -math.inf, []
     if state is not None:
         network.load_state_dict(state["model"])
         method.load_state_dict(state["method"])
         optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         scheduler.load_state_dict(state["scheduler"])
         rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
@@ -306,7 +310,7 @@ def train(data: str | Path, out_dir: str | Path, cfg: Config, *, resume: bool = 
     def checkpoint_state(step: int) -> dict:
         return {"model": network.state_dict(), "method": method.state_dict(),
                 "inference_model": method.inference_network(network).state_dict(),
-                "optimizer": optimizer.state_dict(),
+                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                 "scheduler": scheduler.state_dict(), "rng": rng.bit_generator.state,
                 "torch_rng": torch.get_rng_state(), "step": step, "best": best, "history": history,
                 "plan": plan.to_dict(), "config": cfg.to_dict()}
@@ -340,10 +344,12 @@ def train(data: str | Path, out_dir: str | Path, cfg: Config, *, resume: bool = 
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower optim.lr or check data")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
             if cfg.optim.grad_clip:
+                scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(network.parameters(), cfg.optim.grad_clip)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             step += 1
             method.after_step(network, step)
