@@ -24,3 +24,56 @@ LOSSES = {
 __all__ = ["LOSSES", "DiceLoss", "dice_loss", "MaskedCrossEntropyLoss", "masked_cross_entropy", "DiceCELoss",
            "dice_ce_loss", "to_one_hot", "SoftclDiceLoss", "soft_cldice_loss", "SoftDiceclDiceLoss",
            "soft_dice_cldice_loss", "soft_skeleton"]
+
+# Weak and partial supervision (issue 4): partial Dice/CE, entropy, size constraints, box priors, MIL, prior KL,
+# marginal loss, multi-label deep supervision.
+from everylabel.losses.box_prior import BoxPriorLoss, box_prior_loss
+from everylabel.losses.constraints import (
+    SizeConstraintLoss,
+    TagSizeLoss,
+    extended_log_barrier,
+    quadratic_penalty,
+    size_constraint_loss,
+    tag_size_loss,
+)
+from everylabel.losses.entropy import (
+    EntropyLoss,
+    MutualInformationLoss,
+    PriorKLLoss,
+    entropy_loss,
+    mutual_information_loss,
+    prior_kl_loss,
+)
+from everylabel.losses.marginal import MarginalLoss, marginal_log_softmax, marginal_loss
+from everylabel.losses.mil import MILLoss, global_pool, mil_loss
+from everylabel.losses.multilabel import (
+    MultilabelDeepSupervisionLoss,
+    multilabel_deep_supervision_loss,
+    multilabel_targets,
+)
+from everylabel.losses.partial import PartialDiceLoss, partial_dice_loss
+
+LOSSES.update({
+    "partial_ce": MaskedCrossEntropyLoss,
+    "partial_dice": PartialDiceLoss,
+    "marginal": MarginalLoss,
+})
+
+WEAK_LOSSES = {
+    "entropy": EntropyLoss,
+    "mutual_information": MutualInformationLoss,
+    "prior_kl": PriorKLLoss,
+    "size_constraint": SizeConstraintLoss,
+    "tag_size": TagSizeLoss,
+    "box_prior": BoxPriorLoss,
+    "mil": MILLoss,
+    "multilabel_deep_supervision": MultilabelDeepSupervisionLoss,
+}
+"""Losses whose ``forward`` takes annotation tensors other than ``(input, target, mask)`` (see each signature)."""
+
+__all__ += ["WEAK_LOSSES", "BoxPriorLoss", "EntropyLoss", "MILLoss", "MarginalLoss", "MultilabelDeepSupervisionLoss",
+            "MutualInformationLoss", "PartialDiceLoss", "PriorKLLoss", "SizeConstraintLoss", "TagSizeLoss",
+            "box_prior_loss", "entropy_loss", "extended_log_barrier", "global_pool", "marginal_log_softmax",
+            "marginal_loss", "mil_loss", "multilabel_deep_supervision_loss", "multilabel_targets",
+            "mutual_information_loss", "partial_dice_loss", "prior_kl_loss", "quadratic_penalty",
+            "size_constraint_loss", "tag_size_loss"]
