@@ -10,6 +10,8 @@ import torch.nn.functional as F
 
 from everylabel.losses import (
     LOSSES,
+    CRFLoss,
+    crf_loss,
     WEAK_LOSSES,
     BoxPriorLoss,
     EntropyLoss,
@@ -81,6 +83,12 @@ def _weak_case(name: str, x: torch.Tensor, reduction: str = "mean", masked: bool
     """(module, function) computing the named loss of logits ``x`` with fixed annotations."""
     mask = _mask(x.shape) if masked else None
     b = x.shape[0]
+    if name == "crf":
+        image = torch.randn((b, 1) + tuple(x.shape[2:]), generator=torch.Generator().manual_seed(2),
+                            dtype=torch.float64)
+        return (CRFLoss(sigma_xy=2.0, sigma_intensity=0.5, reduction=reduction),
+                lambda y: crf_loss(y, image, sigma_xy=2.0, sigma_intensity=0.5, mask=mask, reduction=reduction),
+                lambda mod, y: mod(y, image, mask))
     if name == "entropy":
         return EntropyLoss(reduction=reduction), lambda y: entropy_loss(y, mask=mask, reduction=reduction), \
             lambda mod, y: mod(y, mask)
@@ -190,7 +198,8 @@ def _masked_invariance(fn, x, mask):
     assert (a.grad * ~mask).abs().max() == 0
 
 
-@pytest.mark.parametrize("name", ["entropy", "mutual_information", "prior_kl", "size_constraint", "tag_size", "mil"])
+@pytest.mark.parametrize("name", ["entropy", "mutual_information", "prior_kl", "size_constraint", "tag_size", "mil",
+                                  "crf"])
 @pytest.mark.parametrize("ndim", [2, 3])
 def test_masked_weak_losses_ignore_outside(name, ndim):
     x = _logits(ndim, size=4)

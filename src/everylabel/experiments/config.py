@@ -84,6 +84,22 @@ class MethodConfig:
     """mean_teacher: Gaussian input noise, drawn independently for student and teacher."""
     infer_with: str = "teacher"
     """mean_teacher: "teacher" or "student" for validation and prediction."""
+    partial_weight: float = 1.0
+    """weak: marginal loss on class-partial masks."""
+    sparse_weight: float = 1.0
+    """weak: partial cross-entropy on scribbled / clicked pixels."""
+    crf_weight: float = 0.0
+    """weak: dense-CRF (Potts) regulariser on scribble / point samples (0 = off)."""
+    crf_sigma_xy: float = 5.0
+    crf_sigma_intensity: float = 0.15
+    box_weight: float = 1.0
+    """weak: box priors (emptiness + tightness) on box samples."""
+    tag_weight: float = 1.0
+    """weak: MIL + inclusion/suppression size terms on tag samples."""
+    tag_pool: str = "lse"
+    entropy_weight: float = 0.0
+    """weak: entropy minimisation on unannotated pixels (0 = off)."""
+    point_radius: int = 1
 
 
 @dataclass(frozen=True)

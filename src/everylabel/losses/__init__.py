@@ -9,6 +9,7 @@ from everylabel.losses.cldice import (
     soft_dice_cldice_loss,
     soft_skeleton,
 )
+from everylabel.losses.crf import CRFLoss, bilateral_filter, crf_loss
 from everylabel.losses.cross_entropy import MaskedCrossEntropyLoss, masked_cross_entropy
 from everylabel.losses.dice import DiceLoss, dice_loss, to_one_hot
 from everylabel.losses.dice_ce import DiceCELoss, dice_ce_loss
@@ -68,6 +69,7 @@ WEAK_LOSSES = {
     "box_prior": BoxPriorLoss,
     "mil": MILLoss,
     "multilabel_deep_supervision": MultilabelDeepSupervisionLoss,
+    "crf": CRFLoss,
 }
 """Losses whose ``forward`` takes annotation tensors other than ``(input, target, mask)`` (see each signature)."""
 
@@ -77,3 +79,8 @@ __all__ += ["WEAK_LOSSES", "BoxPriorLoss", "EntropyLoss", "MILLoss", "MarginalLo
             "marginal_loss", "mil_loss", "multilabel_deep_supervision_loss", "multilabel_targets",
             "mutual_information_loss", "partial_dice_loss", "prior_kl_loss", "quadratic_penalty",
             "size_constraint_loss", "tag_size_loss"]
+
+# Dense-CRF / Potts regularised loss (Tang et al., ECCV 2018) on a bilateral grid. Not in WEAK_LOSSES yet: its
+# contract test (tests/losses/test_weak_losses.py::_weak_case) needs a "crf" case first.
+
+__all__ += ["CRFLoss", "bilateral_filter", "crf_loss"]

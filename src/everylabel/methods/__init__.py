@@ -5,10 +5,12 @@ from __future__ import annotations
 from everylabel.methods.base import Method, deep_supervision_weights
 from everylabel.methods.mean_teacher import MeanTeacher
 from everylabel.methods.supervised import Supervised
+from everylabel.methods.weak import WeakSupervision
 
 METHODS: dict[str, type[Method]] = {
     "supervised": Supervised,
     "mean_teacher": MeanTeacher,
+    "weak": WeakSupervision,
 }
 
 
@@ -25,7 +27,13 @@ def build_method(cfg, deep_supervision: bool = True) -> Method:
         return MeanTeacher(supervised, ema_decay=cfg.ema_decay, consistency=cfg.consistency,
                            consistency_weight=cfg.consistency_weight, rampup_fraction=cfg.rampup_fraction,
                            noise_std=cfg.noise_std, infer_with=cfg.infer_with)
+    if cfg.name == "weak":
+        return WeakSupervision(supervised, partial_weight=cfg.partial_weight, sparse_weight=cfg.sparse_weight,
+                               crf_weight=cfg.crf_weight, crf_sigma_xy=cfg.crf_sigma_xy,
+                               crf_sigma_intensity=cfg.crf_sigma_intensity, box_weight=cfg.box_weight,
+                               tag_weight=cfg.tag_weight, tag_pool=cfg.tag_pool, entropy_weight=cfg.entropy_weight,
+                               point_radius=cfg.point_radius)
     return METHODS[cfg.name]()
 
 
-__all__ = ["METHODS", "MeanTeacher", "Method", "Supervised", "build_method", "deep_supervision_weights"]
+__all__ = ["METHODS", "MeanTeacher", "Method", "Supervised", "WeakSupervision", "build_method", "deep_supervision_weights"]
