@@ -89,3 +89,18 @@ def test_weak_run_end_to_end(mixed_manifest, tmp_path):
 def test_bad_weights_raise():
     with pytest.raises(ValueError, match="method weights must be >= 0: box_weight"):
         WeakSupervision(Supervised(), box_weight=-1)
+
+
+def test_cldice_term_in_supervised_changes_loss_and_validates():
+    torch.manual_seed(0)
+    logits = [torch.randn(2, 2, 16, 16, requires_grad=True)]
+    labels = torch.zeros(2, 1, 16, 16, dtype=torch.long)
+    labels[:, :, 7:9, :] = 1
+    valid = torch.ones_like(labels, dtype=torch.bool)
+    plain = Supervised(deep_supervision=False).supervised_terms(logits, labels, valid)
+    mixed = Supervised(deep_supervision=False, cldice_weight=0.3).supervised_terms(logits, labels, valid)
+    assert not torch.isclose(plain, mixed)
+    mixed.backward()
+    assert torch.isfinite(logits[0].grad).all()
+    with pytest.raises(ValueError, match="cldice_weight must be in"):
+        Supervised(cldice_weight=1.5)

@@ -73,6 +73,9 @@ class MethodConfig:
     """Dice over the background class too (nnU-Net: no)."""
     batch_dice: bool = True
     """Dice summed over the batch before the ratio (nnU-Net's batch Dice)."""
+    cldice_weight: float = 0.0
+    """alpha of soft-clDice on dense masks (tubular targets; Shit et al. 2021); 0 = off."""
+    cldice_iterations: int = 3
     ema_decay: float = 0.99
     """mean_teacher: teacher EMA decay alpha in [0, 1)."""
     consistency: str = "mse"

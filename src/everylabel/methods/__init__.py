@@ -20,7 +20,8 @@ def build_method(cfg, deep_supervision: bool = True) -> Method:
         raise ValueError(f"unknown method {cfg.name!r}; available: {', '.join(sorted(METHODS))}")
     supervised = Supervised(dice_weight=cfg.dice_weight, ce_weight=cfg.ce_weight,
                             include_background=cfg.include_background, batch_dice=cfg.batch_dice,
-                            deep_supervision=deep_supervision)
+                            deep_supervision=deep_supervision, cldice_weight=cfg.cldice_weight,
+                            cldice_iterations=cfg.cldice_iterations)
     if cfg.name == "supervised":
         return supervised
     if cfg.name == "mean_teacher":

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from everylabel.annotations.kinds import Kind
+from everylabel.losses.cldice import soft_cldice_loss
 from everylabel.losses.dice_ce import dice_ce_loss
 from everylabel.methods.base import Method, deep_supervision_weights, downsample_nearest
 
@@ -24,13 +25,20 @@ class Supervised(Method):
         include_background: include class 0 in the Dice term.
         batch_dice: compute Dice over the whole batch (nnU-Net) rather than per sample.
         deep_supervision: use every decoder scale the network returns.
+        cldice_weight: weight alpha of soft-clDice at full resolution (Shit et al., CVPR 2021) for tubular
+            targets; the loss becomes (1 - alpha) * DiceCE + alpha * (1 - softclDice). 0 = off.
+        cldice_iterations: soft-skeleton iterations.
     """
 
     uses = frozenset({Kind.MASK})
 
     def __init__(self, dice_weight: float = 1.0, ce_weight: float = 1.0, include_background: bool = False,
-                 batch_dice: bool = True, deep_supervision: bool = True):
+                 batch_dice: bool = True, deep_supervision: bool = True, cldice_weight: float = 0.0,
+                 cldice_iterations: int = 3):
         super().__init__()
+        if not 0.0 <= cldice_weight <= 1.0:
+            raise ValueError(f"cldice_weight must be in [0, 1], got {cldice_weight}")
+        self.cldice_weight, self.cldice_iterations = cldice_weight, cldice_iterations
         if dice_weight < 0 or ce_weight < 0 or dice_weight + ce_weight == 0:
             raise ValueError(f"dice_weight and ce_weight must be >= 0 and not both 0, got {dice_weight}, {ce_weight}")
         self.dice_weight, self.ce_weight = dice_weight, ce_weight
@@ -57,6 +65,10 @@ class Supervised(Method):
             total = total + w * dice_ce_loss(out, lab, mask=val, include_background=self.include_background,
                                              batch=self.batch_dice, lambda_dice=self.dice_weight,
                                              lambda_ce=self.ce_weight)
+        if self.cldice_weight:
+            cl = soft_cldice_loss(outputs[0], labels, mask=valid, iterations=self.cldice_iterations,
+                                  include_background=False, to_onehot_y=True, softmax=True)
+            total = (1.0 - self.cldice_weight) * total + self.cldice_weight * cl
         return total
 
     def forward(self, network: nn.Module, batch, step: int = 0, total_steps: int = 1) -> dict[str, torch.Tensor]:
