@@ -4,7 +4,7 @@ Parts (all by default):
   train  - train everylabel's default U-Net (budget B minutes and B/2 minutes) and MONAI's UNet (B minutes) with
            the same loop, loss (Dice + CE, deep supervision where the network has it), augmentation, optimiser
            (AdamW, poly LR), 128x128 patches, batch 8, bf16 autocast; evaluate on DRIVE's 20 test images inside the
-           field of view (1st observer). The step count of a B-minute budget comes from a timed warm-up.
+           field of view (1st observer), with flip test-time augmentation for both. The step count of a B-minute budget comes from a timed warm-up.
   step   - median time of one training step (forward + backward + AdamW) of everylabel's U-Net at its training
            defaults (bf16 autocast, channels_last) and of MONAI's UNet at its defaults (fp32), similar parameter
            counts, same batch: 2D (8, 3, 128, 128) and 3D (2, 1, 64, 64, 64); interleaved A/B repeats.
@@ -76,7 +76,7 @@ def train_and_evaluate(network: str, minutes: float, seed: int, workdir: Path, s
     wall = time.perf_counter() - t0
     pred = workdir / f"{run.name}_pred"
     t1 = time.perf_counter()
-    predict(run, MANIFEST, pred, progress=False, split="test")
+    predict(run, MANIFEST, pred, progress=False, split="test", tta=True)
     infer_s = time.perf_counter() - t1
     summary = evaluate(pred, MANIFEST, split="test", metrics=("dice",))
     dice = summary["metrics"]["dice"]["foreground_mean"]

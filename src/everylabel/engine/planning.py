@@ -56,13 +56,30 @@ def _round_patch(shape: tuple[int, ...], limit: int, divisor: int) -> tuple[int,
 
 
 def network_kwargs(cfg, spatial_dims: int, in_channels: int, num_classes: int) -> dict:
+    """Constructor arguments of the configured network (``features`` etc. only where the network takes them)."""
     if cfg.network.name not in NETWORKS:
         raise ValueError(f"unknown network {cfg.network.name!r}; available: {', '.join(sorted(NETWORKS))}")
-    default = inspect.signature(NETWORKS[cfg.network.name]).parameters["features"].default
-    features = cfg.network.features or default
-    return dict(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes,
-                features=tuple(features), norm=cfg.network.norm, residual=cfg.network.residual,
-                attention=cfg.network.attention, dropout=cfg.network.dropout)
+    params = inspect.signature(NETWORKS[cfg.network.name]).parameters
+    kwargs = dict(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes)
+    optional = dict(features=None if cfg.network.features is None else tuple(cfg.network.features),
+                    norm=cfg.network.norm, residual=cfg.network.residual, attention=cfg.network.attention,
+                    dropout=cfg.network.dropout)
+    for key, value in optional.items():
+        if key in params and value is not None:
+            kwargs[key] = value
+    if "features" in params and "features" not in kwargs:
+        kwargs["features"] = tuple(params["features"].default)
+    return kwargs
+
+
+def network_divisor(name: str, kwargs: dict) -> int:
+    """What every input size must be divisible by: the network's ``divisor``, else 2 ** (levels - 1), else 16."""
+    net = NETWORKS[name](**kwargs)
+    if hasattr(net, "divisor"):
+        return int(net.divisor)
+    if "features" in kwargs:
+        return 2 ** (len(kwargs["features"]) - 1)
+    return 16
 
 
 def plan_run(cfg, manifest, raw: list[tuple[np.ndarray, Annotations, object]]) -> RunPlan:
@@ -97,15 +114,15 @@ def plan_run(cfg, manifest, raw: list[tuple[np.ndarray, Annotations, object]]) -
                         ct_stats=ct_stats)
 
     net = network_kwargs(cfg, spatial_dims, in_channels, num_classes)
-    divisor = 2 ** (len(net["features"]) - 1)
+    divisor = network_divisor(cfg.network.name, net)
     if cfg.data.patch_size is not None:
         patch = tuple(int(p) for p in cfg.data.patch_size)
         if len(patch) != spatial_dims:
             raise ValueError(f"data.patch_size {patch} has {len(patch)} values but the images are {spatial_dims}D")
         bad = [p for p in patch if p % divisor]
         if bad:
-            raise ValueError(f"data.patch_size {patch} must be divisible by {divisor} for a network with "
-                             f"{len(net['features'])} levels")
+            raise ValueError(f"data.patch_size {patch} must be divisible by {divisor} for network "
+                             f"{cfg.network.name!r} with these settings")
     else:
         shapes = np.array([resampled_shape(r[0].shape[1:], m.spacing, target) for r, m in
                            zip(raw, [x[2] for x in raw])])

@@ -163,13 +163,13 @@ class _Stop:
         self.requested = True
 
 
-def _setup_logging(run_dir: Path, is_main: bool) -> None:
+def _open_log(run_dir: Path) -> logging.FileHandler:
+    """Log to ``run_dir/train.log`` for the duration of one ``train`` call (removed again by the caller)."""
     log.setLevel(logging.INFO)
-    if is_main and not any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == run_dir / "train.log"
-                           for h in log.handlers):
-        fh = logging.FileHandler(run_dir / "train.log")
-        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        log.addHandler(fh)
+    fh = logging.FileHandler(run_dir / "train.log")
+    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(fh)
+    return fh
 
 
 def validate_cases(network: nn.Module, cases: list[PreparedCase], plan: RunPlan, cfg: Config,
@@ -258,9 +258,10 @@ def train(data: str | Path, out_dir: str | Path, cfg: Config, *, resume: bool = 
     del raw_train
 
     # --- run directory ---------------------------------------------------------------------------------
+    log_handler = None
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _setup_logging(run_dir, True)
+        log_handler = _open_log(run_dir)
         atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
         atomic_write_json(run_dir / "plan.json", plan.to_dict())
         atomic_write_json(run_dir / "run.json", {
@@ -384,6 +385,9 @@ def train(data: str | Path, out_dir: str | Path, cfg: Config, *, resume: bool = 
         if info.is_main:
             save_checkpoint(ckpt_dir / "last.pt", checkpoint_state(step))
             log.info("interrupted at step %d; checkpoint saved, continue with --resume", step)
+        if log_handler is not None:
+            log.removeHandler(log_handler)
+            log_handler.close()
         raise
     finally:
         if bar is not None:
@@ -402,4 +406,7 @@ def train(data: str | Path, out_dir: str | Path, cfg: Config, *, resume: bool = 
         dist.barrier()
     if stop.requested:
         log.info("stopped by SIGTERM at step %d; continue with --resume", step)
+    if log_handler is not None:
+        log.removeHandler(log_handler)
+        log_handler.close()
     return metrics
