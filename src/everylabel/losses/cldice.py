@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from everylabel.losses.dice import _check_flags, dice_loss, prepare_target, reduce, upcast
+from everylabel.losses.dice import _check_flags, dice_loss, prepare_probabilities, reduce
 
 
 def _check_iterations(iterations: int) -> None:
@@ -117,26 +117,10 @@ def soft_skeleton(x: torch.Tensor, iterations: int = 3, *, compile: bool = False
 
 def _prepare(input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, include_background: bool,
              to_onehot_y: bool, sigmoid: bool, softmax: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Activation, one-hot target, zeroing outside ``mask``, background removal; as in ``dice_loss``."""
+    """Spatial-rank check, then the same front as ``dice_loss``."""
     _check_spatial(input)
-    n = input.shape[1]
-    if sigmoid:
-        input = torch.sigmoid(input)
-    if softmax:
-        if n == 1:
-            raise ValueError("softmax=True with a single channel is meaningless; use sigmoid=True")
-        input = torch.softmax(upcast(input), 1)
-    input = upcast(input)
-    target = prepare_target(input, target, to_onehot_y).contiguous()  # one-hot comes channels-last
-    if mask is not None:
-        if mask.shape[1] != 1 or mask.shape[2:] != input.shape[2:] or mask.shape[0] != input.shape[0]:
-            raise ValueError(f"mask shape {tuple(mask.shape)} must be (B, 1, *S) for input {tuple(input.shape)}")
-        m = mask.to(input.dtype)
-        input = input * m
-        target = target * m
-    if not include_background and n > 1:
-        input, target = input[:, 1:], target[:, 1:]
-    return input, target
+    return prepare_probabilities(input, target, mask=mask, include_background=include_background,
+                                 to_onehot_y=to_onehot_y, sigmoid=sigmoid, softmax=softmax)
 
 
 def _cldice(pred: torch.Tensor, target: torch.Tensor, iterations: int, smooth_nr: float, smooth_dr: float,

@@ -52,6 +52,36 @@ def reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
     return loss
 
 
+def prepare_probabilities(input: torch.Tensor, target: torch.Tensor, *, mask: torch.Tensor | None,
+                          include_background: bool, to_onehot_y: bool, sigmoid: bool,
+                          softmax: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The shared front of region losses: activation, one-hot target, zeroing outside ``mask``, background removal.
+
+    Shapes:
+        input: (B, N, *S) logits; target: (B, 1, *S) or (B, N, *S); mask: (B, 1, *S).
+    Returns:
+        (probabilities, one-hot target), both (B, N', *S) with N' = N - 1 without background.
+    """
+    n = input.shape[1]
+    if sigmoid:
+        input = torch.sigmoid(input)
+    if softmax:
+        if n == 1:
+            raise ValueError("softmax=True with a single channel is meaningless; use sigmoid=True")
+        input = torch.softmax(upcast(input), 1)
+    input = upcast(input)
+    target = prepare_target(input, target, to_onehot_y).contiguous()  # one-hot comes channels-last
+    if mask is not None:
+        if mask.shape[1] != 1 or mask.shape[2:] != input.shape[2:] or mask.shape[0] != input.shape[0]:
+            raise ValueError(f"mask shape {tuple(mask.shape)} must be (B, 1, *S) for input {tuple(input.shape)}")
+        m = mask.to(input.dtype)
+        input = input * m
+        target = target * m
+    if not include_background and n > 1:
+        input, target = input[:, 1:], target[:, 1:]
+    return input, target
+
+
 def dice_loss(input: torch.Tensor, target: torch.Tensor, *, mask: torch.Tensor | None = None,
               include_background: bool = True, to_onehot_y: bool = False, sigmoid: bool = False,
               softmax: bool = False, squared_pred: bool = False, batch: bool = False, smooth_nr: float = 1e-5,
@@ -73,23 +103,8 @@ def dice_loss(input: torch.Tensor, target: torch.Tensor, *, mask: torch.Tensor |
         The loss, reduced as asked.
     """
     _check_flags(sigmoid, softmax, reduction)
-    n = input.shape[1]
-    if sigmoid:
-        input = torch.sigmoid(input)
-    if softmax:
-        if n == 1:
-            raise ValueError("softmax=True with a single channel is meaningless; use sigmoid=True")
-        input = torch.softmax(upcast(input), 1)
-    input = upcast(input)
-    target = prepare_target(input, target, to_onehot_y)
-    if mask is not None:
-        if mask.shape[1] != 1 or mask.shape[2:] != input.shape[2:] or mask.shape[0] != input.shape[0]:
-            raise ValueError(f"mask shape {tuple(mask.shape)} must be (B, 1, *S) for input {tuple(input.shape)}")
-        m = mask.to(input.dtype)
-        input = input * m
-        target = target * m
-    if not include_background and n > 1:
-        input, target = input[:, 1:], target[:, 1:]
+    input, target = prepare_probabilities(input, target, mask=mask, include_background=include_background,
+                                          to_onehot_y=to_onehot_y, sigmoid=sigmoid, softmax=softmax)
     dims = list(range(2, input.ndim))
     if batch:
         dims = [0] + dims
