@@ -4,7 +4,8 @@ Parts (all by default):
   train  - train everylabel's default U-Net (budget B minutes and B/2 minutes) and MONAI's UNet (B minutes) with
            the same loop, loss (Dice + CE, deep supervision where the network has it), augmentation, optimiser
            (AdamW, poly LR), 128x128 patches, batch 8, bf16 autocast; evaluate on DRIVE's 20 test images inside the
-           field of view (1st observer), with flip test-time augmentation for both. The step count of a B-minute budget comes from a timed warm-up.
+           field of view (1st observer), with flip test-time augmentation for both. The step count of a
+           B-minute budget comes from a timed warm-up.
   step   - median time of one training step (forward + backward + AdamW) of everylabel's U-Net at its training
            defaults (bf16 autocast, channels_last) and of MONAI's UNet at its defaults (fp32), similar parameter
            counts, same batch: 2D (8, 3, 128, 128) and 3D (2, 1, 64, 64, 64); interleaved A/B repeats.

@@ -109,7 +109,8 @@ def predict(model: str, inputs: str, out: str, checkpoint: str, tta: bool | None
 @click.option("--ref", "ref", required=True, type=click.Path(exists=True),
               help="Folder of reference label maps or a manifest.")
 @click.option("--out", "out", type=click.Path(), default=None, help="Folder for cases.csv, summary.json, summary.md.")
-@click.option("--metrics", "metrics", default=None, help="Comma-separated metric names (default: overlap + surface metrics).")
+@click.option("--metrics", "metrics", default=None,
+              help="Comma-separated metric names (default: overlap + surface metrics).")
 @click.option("--split", default=None, help="Only cases of this manifest split (e.g. test).")
 @click.option("--include-background", is_flag=True)
 def evaluate(pred: str, ref: str, out: str | None, metrics: str | None, split: str | None,

@@ -10,10 +10,9 @@ import torch.nn.functional as F
 
 from everylabel.losses import (
     LOSSES,
-    CRFLoss,
-    crf_loss,
     WEAK_LOSSES,
     BoxPriorLoss,
+    CRFLoss,
     EntropyLoss,
     MarginalLoss,
     MILLoss,
@@ -24,6 +23,7 @@ from everylabel.losses import (
     SizeConstraintLoss,
     TagSizeLoss,
     box_prior_loss,
+    crf_loss,
     dice_ce_loss,
     dice_loss,
     entropy_loss,

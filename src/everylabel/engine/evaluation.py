@@ -12,8 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from everylabel.metrics import (DEFAULT_METRICS, case_records, summarize, summary_markdown, write_case_csv,
-                                write_summary_json)
+from everylabel.metrics import (
+    DEFAULT_METRICS,
+    case_records,
+    summarize,
+    summary_markdown,
+    write_case_csv,
+    write_summary_json,
+)
 
 
 @dataclass

@@ -20,11 +20,15 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from everylabel.annotations.kinds import Kind
 from everylabel.data.batch import collate
 from everylabel.data.sampling import PatchSampler, PreparedCase
-from everylabel.engine.checkpoint import (atomic_write_json, atomic_write_text, code_version, load_checkpoint,
-                                          save_checkpoint)
+from everylabel.engine.checkpoint import (
+    atomic_write_json,
+    atomic_write_text,
+    code_version,
+    load_checkpoint,
+    save_checkpoint,
+)
 from everylabel.engine.inference import sliding_window_inference
 from everylabel.engine.planning import RunPlan, plan_run, prepare
 from everylabel.experiments.config import Config

@@ -209,7 +209,10 @@ def soft_dice_cldice_loss(input: torch.Tensor, target: torch.Tensor, *, mask: to
 
 
 class SoftclDiceLoss(nn.Module):
-    """Module form of :func:`soft_cldice_loss` (flags of ``monai.losses.SoftclDiceLoss``; its ``iter_`` is ``iterations``)."""
+    """Module form of :func:`soft_cldice_loss`.
+
+    Flags of ``monai.losses.SoftclDiceLoss``; its ``iter_`` is ``iterations``.
+    """
 
     def __init__(self, iterations: int = 3, include_background: bool = True, to_onehot_y: bool = False,
                  sigmoid: bool = False, softmax: bool = False, smooth_nr: float = 1.0, smooth_dr: float = 1.0,

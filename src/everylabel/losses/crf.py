@@ -83,7 +83,8 @@ def _check_grid_args(intensity_dims: int | None, cells_per_sigma: float | None) 
     if intensity_dims is not None and (isinstance(intensity_dims, bool) or not isinstance(intensity_dims, int)
                                        or intensity_dims < 1):
         raise ValueError(f"intensity_dims must be None or an integer >= 1, got {intensity_dims!r}")
-    if cells_per_sigma is not None and (isinstance(cells_per_sigma, bool) or not isinstance(cells_per_sigma, (int, float))
+    if cells_per_sigma is not None and (isinstance(cells_per_sigma, bool)
+                                        or not isinstance(cells_per_sigma, (int, float))
                                         or not math.isfinite(cells_per_sigma) or cells_per_sigma < 0.75):
         raise ValueError(f"cells_per_sigma must be None or a number >= 0.75, got {cells_per_sigma!r}")
 

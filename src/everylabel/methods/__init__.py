@@ -37,4 +37,5 @@ def build_method(cfg, deep_supervision: bool = True) -> Method:
     return METHODS[cfg.name]()
 
 
-__all__ = ["METHODS", "MeanTeacher", "Method", "Supervised", "WeakSupervision", "build_method", "deep_supervision_weights"]
+__all__ = ["METHODS", "MeanTeacher", "Method", "Supervised", "WeakSupervision", "build_method",
+           "deep_supervision_weights"]

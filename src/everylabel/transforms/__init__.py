@@ -5,8 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from everylabel.data.batch import Sample
-from everylabel.transforms.intensity import (RandomGamma, RandomNoise, RandomScaleShift, gamma, gaussian_noise,
-                                             scale_shift)
+from everylabel.transforms.intensity import (
+    RandomGamma,
+    RandomNoise,
+    RandomScaleShift,
+    gamma,
+    gaussian_noise,
+    scale_shift,
+)
 from everylabel.transforms.spatial import RandomFlip, RandomRot90, RandomZoom, flip, rot90, zoom
 
 
