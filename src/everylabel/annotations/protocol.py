@@ -158,8 +158,7 @@ def _original_entry(manifest, case, out_dir: Path, relative: bool, dense: bool =
                 entry["unlabelled_value"] = case.unlabelled_value
         if case.classes is not None:
             entry["classes"] = list(case.classes)
-        mapping = case.label_mapping if case.label_mapping is not None else manifest.label_mapping
-        threshold = case.label_threshold if case.label_threshold is not None else manifest.label_threshold
+        mapping, threshold = manifest.label_options(case)
         if mapping:
             entry["label_mapping"] = dict(mapping)
         if threshold is not None:

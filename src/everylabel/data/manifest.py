@@ -158,6 +158,10 @@ class Manifest:
             raise ValueError(f"unknown split {name!r}; expected one of {SPLITS}")
         return [c for c in self.cases if c.split == name]
 
+    def label_options(self, case: CaseSpec) -> tuple[dict[int, int] | None, float | None]:
+        """The (label_mapping, label_threshold) that apply to a case's label files: its own, else the manifest's."""
+        return (_setting(case.label_mapping, self.label_mapping), _setting(case.label_threshold, self.label_threshold))
+
     def class_index(self, cls: int | str) -> int:
         """Index of a class given by index or name; ValueError if it is not declared."""
         if isinstance(cls, (int, np.integer)) and not isinstance(cls, bool):
@@ -424,8 +428,7 @@ def _read_grid_label(case: CaseSpec, role: str, path: str, key: str, image_meta:
 
 def _dense(manifest: Manifest, case: CaseSpec, image_meta: ImageMeta, notes: list[str]) -> dict:
     """Dense fields of the Annotations (labels, valid, dense_kind, classes) from mask / per-class / scribble."""
-    mapping = _setting(case.label_mapping, manifest.label_mapping)
-    threshold = _setting(case.label_threshold, manifest.label_threshold)
+    mapping, threshold = manifest.label_options(case)
     ignore = manifest.ignore_value
     all_classes = set(manifest.labels)
     if case.mask is not None:

@@ -59,9 +59,7 @@ def reference_cases(ref: str | Path, split: str | None = None) -> tuple[list[Ref
             continue
         if c.mask is None:
             continue
-        cases.append(RefCase(c.id, c.mask, c.valid, getattr(c, "label_key", None),
-                             c.label_mapping if c.label_mapping is not None else m.label_mapping,
-                             c.label_threshold if c.label_threshold is not None else m.label_threshold))
+        cases.append(RefCase(c.id, c.mask, c.valid, c.label_key, *m.label_options(c)))
     return cases, dict(m.labels)
 
 
