@@ -34,6 +34,9 @@ class DataConfig:
     val_split: str = "val"
     labelled_fraction: float | None = None
     """Fraction of each batch drawn from annotated cases (the rest from unlabelled ones); None = uniform."""
+    slice_axis: int | None = None
+    """Train a 2D network on slices of 3D volumes along this spatial axis (0, 1 or 2; nnU-Net's "2d"
+    configuration); prediction runs slice by slice and writes the 3D volume. None = the images' own dimensionality."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,9 @@ class NetworkConfig:
 
 @dataclass(frozen=True)
 class MethodConfig:
+    """Supervision method (``name``: supervised, weak, mean_teacher, mean_taught, multilabel, self_training) and its
+    settings; a field prefixed "x:" applies to method x only. See ``everylabel.methods`` for the papers."""
+
     name: str = "supervised"
     dice_weight: float = 1.0
     ce_weight: float = 1.0
@@ -77,16 +83,23 @@ class MethodConfig:
     """alpha of soft-clDice on dense masks (tubular targets; Shit et al. 2021); 0 = off."""
     cldice_iterations: int = 3
     ema_decay: float = 0.99
-    """mean_teacher: teacher EMA decay alpha in [0, 1)."""
+    """mean_teacher / mean_taught / self_training (pseudo_labels_from="teacher"): teacher EMA decay alpha in [0, 1).
+    0.99 averages the last ~1 / (1 - alpha) = 100 students: 5 % of the default 2,000-step schedule, an eighth of the
+    consistency ramp-up, so the teacher is smoother than the student without lagging it (Tarvainen & Valpola 2017
+    use 0.99 during ramp-up). Reiß et al. (CVPR 2021) found 0.5 best on their short schedule; at 2,000 steps that
+    makes the teacher nearly the student, and 0.999 would average over half the schedule. Runs of a few hundred
+    steps: 0.9-0.95."""
     consistency: str = "mse"
     """mean_teacher: "mse" or "kl" between student and teacher probabilities."""
     consistency_weight: float = 1.0
+    """mean_teacher / mean_taught: maximum weight of the teacher (consistency) term."""
     rampup_fraction: float = 0.4
-    """mean_teacher: fraction of the schedule over which the consistency weight ramps up."""
+    """mean_teacher / mean_taught: fraction of the schedule over which the consistency weight ramps up."""
     noise_std: float = 0.1
-    """mean_teacher: Gaussian input noise, drawn independently for student and teacher."""
+    """mean_teacher / mean_taught: Gaussian input noise, drawn independently for student and teacher."""
     infer_with: str = "teacher"
-    """mean_teacher: "teacher" or "student" for validation and prediction."""
+    """mean_teacher / mean_taught / self_training with a teacher: "teacher" or "student" for validation and
+    prediction."""
     partial_weight: float = 1.0
     """weak: marginal loss on class-partial masks."""
     sparse_weight: float = 1.0
@@ -103,6 +116,29 @@ class MethodConfig:
     entropy_weight: float = 0.0
     """weak: entropy minimisation on unannotated pixels (0 = off)."""
     point_radius: int = 1
+    """weak / multilabel / mean_taught: clicked points are rasterised as cubes of this radius."""
+    box_min_scale: int = 1
+    """multilabel / mean_taught: first decoder scale (0 = full resolution) at which the inside of a box counts as
+    the boxed class (Reiß et al. 2021: a filled box is a poor mask at full resolution, a good one at coarse scales);
+    outside every box of a class is a negative at every scale."""
+    pseudo_threshold: float = 0.9
+    """self_training: confidence threshold tau in [0, 1); pixels whose pseudo-label probability is <= tau get no
+    loss. 0.9 as in Jiang et al. (DALI 2021); FixMatch (Sohn et al. 2020) uses 0.95."""
+    unlabelled_weight: float = 2.0
+    """self_training: weight lambda_u of the pseudo-label term. 2 as in Jiang et al. (DALI 2021); FixMatch uses 1."""
+    pseudo_labels_from: str = "network"
+    """self_training: "network" (the network itself under no_grad, as FixMatch) or "teacher" (an EMA teacher with
+    ``ema_decay``)."""
+    strong_cutout: float = 0.5
+    """self_training: maximum side of the Cutout box in the strong view, as a fraction of each patch axis (FixMatch:
+    up to 0.5); 0 = no Cutout."""
+    unlabelled_entropy_weight: float = 0.0
+    """Any method: weight of an unsupervised term on pixels without a dense label (every pixel of an unlabelled
+    image); 0 = off. Turning it on makes the method train on unlabelled cases."""
+    entropy_mode: str = "entropy"
+    """With unlabelled_entropy_weight: "entropy" (mean pixel entropy H(y|x); Grandvalet & Bengio 2005) or "mi"
+    (H(y|x) - H(y): also maximises the entropy of the batch-mean prediction, which rules out the trivial solution of
+    one confident class everywhere; Krause et al. 2010)."""
 
 
 @dataclass(frozen=True)

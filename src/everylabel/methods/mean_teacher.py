@@ -6,9 +6,19 @@ Tarvainen & Valpola, "Mean teachers are better role models", NeurIPS 2017; for s
 teacher's predictions under different input noise, on labelled and unlabelled samples alike, with a weight ramped
 up as ``exp(-5 (1 - t)^2)`` (Laine & Aila 2017) over the first part of the schedule.
 
-Default decay: alpha = 0.99 (horizon ~100 steps, 5 % of the default 2,000-step schedule), with Tarvainen's warm-up
-``min(1 - 1 / (step + 1), alpha)`` so the early teacher follows the student. Reiß et al. found alpha = 0.5 best for
-their short schedule; set ``method.ema_decay`` accordingly for very short runs.
+Default decay: alpha = 0.99, with Tarvainen's warm-up ``min(1 - 1 / (step + 1), alpha)`` so the early teacher
+follows the student. The teacher averages the last ~1 / (1 - alpha) students: 100 steps, 5 % of the default 2,000-step
+schedule and an eighth of the 800-step consistency ramp-up, so it is smoother than the student yet never more than a
+few percent of the schedule behind it. Reiß et al. found alpha = 0.5 best for their short schedule: a 2-step horizon
+makes the teacher almost the student (a Pi-model with input noise), which only pays off when the run is too short for
+any averaging; alpha = 0.999 (Tarvainen's late-training value) would average over half of our schedule and lag behind
+the poly-decayed learning rate's large early moves. For runs of a few hundred steps, lower ``method.ema_decay`` to
+0.9-0.95 (horizon 10-20 steps).
+
+The teacher helpers (:func:`make_teacher`, :func:`ema_decay_at`, :func:`teacher_logits`) are shared with the other
+teacher-based methods (``mean_taught``, ``self_training`` with ``pseudo_labels_from="teacher"``). The teacher is a
+deep copy of the network made in :meth:`Method.setup`, on the network's device, and updated in place: no per-step
+device copies.
 """
 
 from __future__ import annotations
@@ -21,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from everylabel.annotations.kinds import Kind
-from everylabel.methods.base import Method
+from everylabel.methods.base import Method, as_list, sample_view
 from everylabel.methods.supervised import Supervised
 
 
@@ -47,6 +57,34 @@ def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
             t.mul_(decay).add_(s.detach(), alpha=1.0 - decay)
         else:
             t.copy_(s)
+
+
+def check_ema_decay(decay: float) -> None:
+    """Raise ValueError unless ``decay`` is in [0, 1) (1 would freeze the teacher at its initial weights)."""
+    if not 0.0 <= decay < 1.0:
+        raise ValueError(f"method.ema_decay must be in [0, 1), got {decay}")
+
+
+def make_teacher(network: nn.Module) -> nn.Module:
+    """A frozen deep copy of ``network`` (same device), in eval mode: no dropout, normalisation statistics fixed."""
+    teacher = copy.deepcopy(network)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher.eval()
+
+
+def ema_decay_at(step: int, decay: float) -> float:
+    """Tarvainen & Valpola's warm-up: ``min(1 - 1 / (step + 1), decay)`` after ``step`` completed steps."""
+    return min(1.0 - 1.0 / (step + 1), decay)
+
+
+@torch.no_grad()
+def teacher_logits(teacher: nn.Module, x: torch.Tensor, all_scales: bool = False) -> list[torch.Tensor]:
+    """The teacher's logits for ``x``: full resolution only (``[logits]``), or every scale with ``all_scales``."""
+    if not all_scales and hasattr(teacher, "predict_logits"):
+        return [teacher.predict_logits(x)]
+    out = as_list(teacher(x))
+    return out if all_scales else out[:1]
 
 
 def consistency_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, kind: str = "mse",
@@ -91,8 +129,7 @@ class MeanTeacher(Method):
                  consistency_weight: float = 1.0, rampup_fraction: float = 0.4, noise_std: float = 0.1,
                  infer_with: str = "teacher"):
         super().__init__()
-        if not 0.0 <= ema_decay < 1.0:
-            raise ValueError(f"method.ema_decay must be in [0, 1), got {ema_decay}")
+        check_ema_decay(ema_decay)
         if consistency not in ("mse", "kl"):
             raise ValueError(f"method.consistency must be 'mse' or 'kl', got {consistency!r}")
         if infer_with not in ("teacher", "student"):
@@ -109,10 +146,7 @@ class MeanTeacher(Method):
         return "mean_teacher"
 
     def setup(self, network: nn.Module) -> None:
-        self.teacher = copy.deepcopy(network)
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
-        self.teacher.eval()
+        self.teacher = make_teacher(network)
 
     def inference_network(self, network: nn.Module) -> nn.Module:
         return self.teacher if self.infer_with == "teacher" and self.teacher is not None else network
@@ -123,8 +157,7 @@ class MeanTeacher(Method):
         return self.consistency_weight * sigmoid_rampup(step / max(1.0, self.rampup_fraction * total_steps))
 
     def after_step(self, network: nn.Module, step: int) -> None:
-        decay = min(1.0 - 1.0 / (step + 1), self.ema_decay)
-        ema_update(self.teacher, network, decay)
+        ema_update(self.teacher, network, ema_decay_at(step, self.ema_decay))
 
     def forward(self, network: nn.Module, batch, step: int = 0, total_steps: int = 1) -> dict[str, torch.Tensor]:
         if self.teacher is None:
@@ -132,15 +165,12 @@ class MeanTeacher(Method):
         x = batch.image
         student_in = x + self.noise_std * torch.randn_like(x) if self.noise_std else x
         teacher_in = x + self.noise_std * torch.randn_like(x) if self.noise_std else x
-        outputs = network(student_in)
-        if isinstance(outputs, torch.Tensor):
-            outputs = [outputs]
-        has_mask = batch.has[Kind.MASK].to(x.device).view(-1, *([1] * (x.ndim - 1)))
+        outputs = as_list(network(student_in))
+        has_mask = sample_view(batch.has[Kind.MASK].to(x.device), x.ndim)
         sup = self.supervised.supervised_terms(outputs, batch.labels, batch.valid & has_mask)
-        with torch.no_grad():
-            t_out = self.teacher.predict_logits(teacher_in) if hasattr(self.teacher, "predict_logits") else \
-                self.teacher(teacher_in)[0]
+        t_out = teacher_logits(self.teacher, teacher_in)[0]
         cons = consistency_loss(outputs[0], t_out, self.consistency, mask=batch.roi)
         w = self.weight(step, total_steps)
-        return {"loss": sup + w * cons, "supervised": sup.detach(), "consistency": cons.detach(),
-                "consistency_weight": torch.tensor(w), "output": outputs[0]}
+        terms = {"loss": sup + w * cons, "supervised": sup.detach(), "consistency": cons.detach(),
+                 "consistency_weight": torch.tensor(w), "output": outputs[0]}
+        return self.add_entropy(terms, outputs[0], batch)

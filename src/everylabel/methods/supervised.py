@@ -13,7 +13,7 @@ import torch.nn as nn
 from everylabel.annotations.kinds import Kind
 from everylabel.losses.cldice import soft_cldice_loss
 from everylabel.losses.dice_ce import dice_ce_loss
-from everylabel.methods.base import Method, deep_supervision_weights, downsample_nearest
+from everylabel.methods.base import Method, as_list, deep_supervision_weights, downsample_nearest, sample_view
 
 
 class Supervised(Method):
@@ -72,10 +72,7 @@ class Supervised(Method):
         return total
 
     def forward(self, network: nn.Module, batch, step: int = 0, total_steps: int = 1) -> dict[str, torch.Tensor]:
-        outputs = network(batch.image)
-        if isinstance(outputs, torch.Tensor):
-            outputs = [outputs]
-        has_mask = batch.has[Kind.MASK].to(batch.valid.device).view(-1, *([1] * (batch.valid.ndim - 1)))
-        valid = batch.valid & has_mask
-        loss = self.supervised_terms(outputs, batch.labels, valid)
-        return {"loss": loss, "dice_ce": loss.detach(), "output": outputs[0]}
+        outputs = as_list(network(batch.image))
+        has_mask = sample_view(batch.has[Kind.MASK].to(batch.valid.device), batch.valid.ndim)
+        loss = self.supervised_terms(outputs, batch.labels, batch.valid & has_mask)
+        return self.add_entropy({"loss": loss, "dice_ce": loss.detach(), "output": outputs[0]}, outputs[0], batch)

@@ -150,4 +150,4 @@ class WeakSupervision(Method):
             terms["entropy"], total = t.detach(), total + self.w["entropy_weight"] * t
         if not terms:  # nothing in this batch carries a kind with a non-zero weight: a zero loss, still a graph
             total = total + 0.0 * logits.sum()
-        return {"loss": total, **terms, "output": logits}
+        return self.add_entropy({"loss": total, **terms, "output": logits}, logits, batch)
