@@ -136,6 +136,31 @@ def case_to_sample(case: PreparedCase, start: np.ndarray | None = None,
     )
 
 
+def squeeze_axis(sample: Sample, axis: int) -> Sample:
+    """Turn a 3D sample one voxel thick along spatial ``axis`` into a 2D sample (slice-wise training).
+
+    Points keep their two in-plane coordinates; a 3D box crossing the slice becomes the slice's 2D box (so a 3D
+    box gives per-slice non-tight boxes, as in Redekop & Chernyavskiy, DALI 2021).
+
+    Note: a volume-level tag "class present" does not say the class is in this slice, so positive tags become
+    unknown (-1); absent-class tags stay valid for every slice.
+    """
+    if sample.image.shape[axis + 1] != 1:
+        raise ValueError(f"squeeze_axis needs a sample one voxel thick along axis {axis}, got "
+                         f"{tuple(sample.image.shape[1:])}")
+    nd = sample.image.ndim - 1
+    keep = [i for i in range(nd) if i != axis]
+    tags = sample.tags.clone()
+    tags[tags > 0] = -1
+    return Sample(
+        image=sample.image.squeeze(axis + 1), labels=sample.labels.squeeze(axis + 1),
+        valid=sample.valid.squeeze(axis + 1), roi=sample.roi.squeeze(axis + 1),
+        points=sample.points[:, keep], point_labels=sample.point_labels,
+        boxes=sample.boxes[:, keep + [k + nd for k in keep]], box_labels=sample.box_labels,
+        tags=tags, classes=sample.classes, kinds=sample.kinds, case_id=sample.case_id,
+    )
+
+
 class PatchSampler:
     """Draw random patches from prepared cases, a fraction centred on foreground.
 
@@ -144,15 +169,21 @@ class PatchSampler:
         patch_size: spatial patch size.
         foreground_oversample: probability that a patch is centred on a random annotated foreground voxel.
         rng: numpy Generator (its state is saved with checkpoints for exact resume).
+        slice_axis: with 3D cases and a patch one voxel thick along this axis, return 2D samples (slice-wise
+            training of a 2D network, see :func:`squeeze_axis`).
     """
 
     def __init__(self, cases: list[PreparedCase], patch_size: tuple[int, ...], foreground_oversample: float,
-                 rng: np.random.Generator):
+                 rng: np.random.Generator, slice_axis: int | None = None):
         if not cases:
             raise ValueError("no training cases to sample patches from")
         if not 0 <= foreground_oversample <= 1:
             raise ValueError(f"foreground_oversample must be in [0, 1], got {foreground_oversample}")
         self.cases, self.patch_size, self.p_fg, self.rng = cases, tuple(patch_size), foreground_oversample, rng
+        self.slice_axis = slice_axis
+        if slice_axis is not None and self.patch_size[slice_axis] != 1:
+            raise ValueError(f"slice-wise sampling needs a patch one voxel thick along axis {slice_axis}, got "
+                             f"{self.patch_size}")
         self.groups = {
             None: cases,
             "labelled": [c for c in cases if not c.ann.is_unlabelled],
@@ -177,4 +208,5 @@ class PatchSampler:
             hi = np.maximum(shape - size, 0)
             start = np.array([int(self.rng.integers(h + 1)) for h in hi])
             start = np.where(shape < size, (shape - size) // 2, start)
-        return case_to_sample(case, start, tuple(self.patch_size))
+        sample = case_to_sample(case, start, tuple(self.patch_size))
+        return sample if self.slice_axis is None else squeeze_axis(sample, self.slice_axis)

@@ -185,6 +185,53 @@ def sliding_window_inference(
     return output
 
 
+def slicewise_inference(
+    inputs: Tensor,
+    roi_size: Sequence[int],
+    predictor: Callable[[Tensor], Tensor | Sequence[Tensor]],
+    slice_axis: int,
+    *,
+    slices_per_call: int = 16,
+    **kwargs,
+) -> Tensor:
+    """Predict 3D volumes with a 2D network slice by slice (nnU-Net's "2d" configuration on 3D data).
+
+    The slices along ``slice_axis`` become a batch of 2D images, each predicted with
+    :func:`sliding_window_inference` (``kwargs`` are passed on), and the logits are stacked back.
+
+    Args:
+        inputs: (B, C, *S) 3D volumes.
+        roi_size: the 2D window size.
+        slice_axis: spatial axis (0, 1 or 2) along which to slice.
+        slices_per_call: slices handed to :func:`sliding_window_inference` at once (bounds memory).
+
+    Returns:
+        (B, N, *S) blended logits.
+    """
+    if inputs.ndim != 5:
+        raise ValueError(f"slice-wise inference expects (B, C, X, Y, Z) volumes, got shape {tuple(inputs.shape)}")
+    if slice_axis not in (0, 1, 2):
+        raise ValueError(f"slice_axis must be 0, 1 or 2, got {slice_axis}")
+    if slices_per_call < 1:
+        raise ValueError(f"slices_per_call must be >= 1, got {slices_per_call}")
+    outputs = []
+    for volume in inputs:
+        slices = volume.movedim(slice_axis + 1, 0)  # (D, C, a, b)
+        parts = [sliding_window_inference(slices[i : i + slices_per_call], roi_size, predictor, **kwargs)
+                 for i in range(0, slices.shape[0], slices_per_call)]
+        outputs.append(torch.cat(parts, 0).movedim(0, slice_axis + 1))  # (N, *S)
+    return torch.stack(outputs)
+
+
+def infer_logits(inputs: Tensor, roi_size: Sequence[int], predictor: Callable, slice_axis: int | None = None,
+                 **kwargs) -> Tensor:
+    """Whole-image logits: :func:`sliding_window_inference`, or :func:`slicewise_inference` for a 2D model on 3D
+    volumes (``slice_axis`` set)."""
+    if slice_axis is None:
+        return sliding_window_inference(inputs, roi_size, predictor, **kwargs)
+    return slicewise_inference(inputs, roi_size, predictor, slice_axis, **kwargs)
+
+
 def _check_arguments(
     inputs: Tensor, roi_size: Sequence[int], overlap: float, sw_batch_size: int, mode: str, num_classes: int | None
 ) -> tuple[int, ...]:

@@ -33,6 +33,22 @@ class RunPlan:
     batch_size: int
     preprocess: PreprocessPlan
     network: dict
+    slice_axis: int | None = None
+    """Set when a 2D network is trained on slices of 3D volumes along this axis (``data.slice_axis``)."""
+
+    @property
+    def image_dims(self) -> int:
+        """Dimensionality of the images (3 for a slice-wise 2D model, else the network's)."""
+        return 3 if self.slice_axis is not None else self.spatial_dims
+
+    @property
+    def sample_patch(self) -> tuple[int, ...]:
+        """The patch drawn from the images: the 2D patch with a 1 inserted at the slice axis in slice mode."""
+        if self.slice_axis is None:
+            return tuple(self.patch_size)
+        p = list(self.patch_size)
+        p.insert(self.slice_axis, 1)
+        return tuple(p)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -47,7 +63,8 @@ class RunPlan:
                    num_classes=int(d["num_classes"]),
                    class_names={int(k): v for k, v in d["class_names"].items()},
                    patch_size=tuple(d["patch_size"]), batch_size=int(d["batch_size"]),
-                   preprocess=PreprocessPlan.from_dict(d["preprocess"]), network=dict(d["network"]))
+                   preprocess=PreprocessPlan.from_dict(d["preprocess"]), network=dict(d["network"]),
+                   slice_axis=None if d.get("slice_axis") is None else int(d["slice_axis"]))
 
 
 def _round_patch(shape: tuple[int, ...], limit: int, divisor: int) -> tuple[int, ...]:
@@ -87,15 +104,23 @@ def plan_run(cfg, manifest, raw: list[tuple[np.ndarray, Annotations, object]]) -
     if not raw:
         raise ValueError(f"{manifest.source}: no training cases")
     first = raw[0][0]
-    spatial_dims = first.ndim - 1
+    image_dims = first.ndim - 1
+    slice_axis = cfg.data.slice_axis
+    if slice_axis is not None:
+        if image_dims != 3:
+            raise ValueError(f"data.slice_axis={slice_axis} trains a 2D network on slices of 3D volumes, but the "
+                             f"images of {manifest.source} are {image_dims}D")
+        if slice_axis not in (0, 1, 2):
+            raise ValueError(f"data.slice_axis must be 0, 1 or 2, got {slice_axis}")
+    spatial_dims = 2 if slice_axis is not None else image_dims
     in_channels = first.shape[0]
     num_classes = manifest.num_classes
 
     spacings = np.array([m.spacing for _, _, m in raw], dtype=np.float64)
     if cfg.data.target_spacing is not None:
-        if len(cfg.data.target_spacing) != spatial_dims:
+        if len(cfg.data.target_spacing) != image_dims:
             raise ValueError(f"data.target_spacing has {len(cfg.data.target_spacing)} values but the images are "
-                             f"{spatial_dims}D")
+                             f"{image_dims}D")
         target = tuple(float(s) for s in cfg.data.target_spacing)
     else:
         target = tuple(float(s) for s in np.median(spacings, axis=0))
@@ -118,7 +143,9 @@ def plan_run(cfg, manifest, raw: list[tuple[np.ndarray, Annotations, object]]) -
     if cfg.data.patch_size is not None:
         patch = tuple(int(p) for p in cfg.data.patch_size)
         if len(patch) != spatial_dims:
-            raise ValueError(f"data.patch_size {patch} has {len(patch)} values but the images are {spatial_dims}D")
+            what = "the network is 2D (data.slice_axis)" if slice_axis is not None else \
+                f"the images are {spatial_dims}D"
+            raise ValueError(f"data.patch_size {patch} has {len(patch)} values but {what}")
         bad = [p for p in patch if p % divisor]
         if bad:
             raise ValueError(f"data.patch_size {patch} must be divisible by {divisor} for network "
@@ -127,11 +154,13 @@ def plan_run(cfg, manifest, raw: list[tuple[np.ndarray, Annotations, object]]) -
         shapes = np.array([resampled_shape(r[0].shape[1:], m.spacing, target) for r, m in
                            zip(raw, [x[2] for x in raw])])
         median_shape = tuple(int(s) for s in np.median(shapes, axis=0))
+        if slice_axis is not None:
+            median_shape = tuple(s for i, s in enumerate(median_shape) if i != slice_axis)
         patch = _round_patch(median_shape, MAX_PATCH[spatial_dims], divisor)
     batch = cfg.data.batch_size or DEFAULT_BATCH[spatial_dims]
     return RunPlan(spatial_dims=spatial_dims, in_channels=in_channels, num_classes=num_classes,
                    class_names=dict(manifest.labels), patch_size=patch, batch_size=int(batch), preprocess=pp,
-                   network=net)
+                   network=net, slice_axis=slice_axis)
 
 
 def prepare(raw: tuple[np.ndarray, Annotations, object], case_id: str, plan: RunPlan) -> PreparedCase:

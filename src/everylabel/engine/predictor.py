@@ -17,7 +17,7 @@ import torch
 from everylabel.annotations.kinds import Annotations
 from everylabel.data.preprocess import preprocess_case, restore_probabilities
 from everylabel.engine.checkpoint import load_checkpoint
-from everylabel.engine.inference import sliding_window_inference
+from everylabel.engine.inference import infer_logits
 from everylabel.engine.planning import RunPlan
 from everylabel.experiments.config import config_from_dict
 from everylabel.networks import build_network
@@ -111,17 +111,17 @@ class Predictor:
             ValueError: when the channel count or dimensionality differs from training.
         """
         p = self.plan
-        if image.ndim - 1 != p.spatial_dims or image.shape[0] != p.in_channels:
+        if image.ndim - 1 != p.image_dims or image.shape[0] != p.in_channels:
             raise ValueError(f"image of shape {image.shape} does not fit the model ({p.in_channels} channel(s), "
-                             f"{p.spatial_dims}D)")
+                             f"{p.image_dims}D images)")
         img, _, geom = preprocess_case(image, Annotations(), tuple(spacing), p.preprocess)
         x = torch.from_numpy(img)[None].to(self.device)
         inf = self.cfg.inference
         use_bf16 = inf.precision == "bf16"
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            logits = sliding_window_inference(x, p.patch_size, self._forward, overlap=inf.overlap,
-                                              sw_batch_size=inf.sw_batch_size, mode=inf.mode,
-                                              tta_flips=inf.tta if tta is None else tta)
+            logits = infer_logits(x, p.patch_size, self._forward, p.slice_axis, overlap=inf.overlap,
+                                  sw_batch_size=inf.sw_batch_size, mode=inf.mode,
+                                  tta_flips=inf.tta if tta is None else tta)
         probs = torch.softmax(logits[0].float(), 0).cpu()
         return restore_probabilities(probs, geom)
 
@@ -136,7 +136,7 @@ class Predictor:
         out_dir = Path(out_dir)
         out = write_label(out_dir / output_name(case), labels, meta)
         if save_probabilities:
-            suffix = ".nii.gz" if meta.format == "nifti" or self.plan.spatial_dims == 3 else ".tif"
+            suffix = ".nii.gz" if meta.format == "nifti" or self.plan.image_dims == 3 else ".tif"
             write_image(out_dir / f"{case.case_id}_probabilities{suffix}", probs.numpy().astype(np.float32), meta)
         return out
 

@@ -29,7 +29,7 @@ from everylabel.engine.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from everylabel.engine.inference import sliding_window_inference
+from everylabel.engine.inference import infer_logits
 from everylabel.engine.planning import RunPlan, plan_run, prepare
 from everylabel.experiments.config import Config
 from everylabel.methods import build_method
@@ -186,8 +186,8 @@ def validate_cases(network: nn.Module, cases: list[PreparedCase], plan: RunPlan,
     with torch.inference_mode():
         for case in cases:
             img = torch.from_numpy(case.image)[None].to(device)
-            logits = sliding_window_inference(img, plan.patch_size, network, overlap=cfg.inference.overlap,
-                                              sw_batch_size=cfg.inference.sw_batch_size, mode=cfg.inference.mode)
+            logits = infer_logits(img, plan.patch_size, network, plan.slice_axis, overlap=cfg.inference.overlap,
+                                  sw_batch_size=cfg.inference.sw_batch_size, mode=cfg.inference.mode)
             pred = logits.argmax(1, keepdim=True).cpu()
             ann = case.ann
             ref = torch.from_numpy(ann.labels.astype(np.int64))[None, None]
@@ -292,7 +292,8 @@ def train(data: str | Path, out_dir: str | Path, cfg: Config, *, resume: bool = 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.optim.schedule, total,
                                                                        cfg.optim.warmup_steps))
     rng = np.random.default_rng(cfg.train.seed)
-    sampler = PatchSampler(train_cases, plan.patch_size, cfg.data.foreground_oversample, rng)
+    sampler = PatchSampler(train_cases, plan.sample_patch, cfg.data.foreground_oversample, rng,
+                           slice_axis=plan.slice_axis)
     groups = batch_groups(cfg.data.labelled_fraction, plan.batch_size, info.world_size, train_cases)
     augment = build_augmentation(cfg.augment)
     amp = autocast_dtype(cfg.train.precision, device)
