@@ -191,5 +191,105 @@ def demo(out: str | None, steps: int, seed: int) -> None:
         tmp.cleanup()
 
 
+@main.command()
+@click.argument("sweep_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "out", type=click.Path(), default=None,
+              help="Sweep directory (default: <folder of SWEEP_FILE>/<sweep name>).")
+@click.option("--jobs", type=int, default=1, show_default=True, help="Runs executed at the same time.")
+@click.option("--dry-run", is_flag=True, help="List the planned runs and their status; run nothing.")
+@click.option("--print-commands", is_flag=True,
+              help="Print one shell command per pending run (for a SLURM job array); run nothing.")
+@click.option("--skip-failed", is_flag=True, help="Do not retry runs recorded as failed.")
+def sweep(sweep_file: str, out: str | None, jobs: int, dry_run: bool, print_commands: bool,
+          skip_failed: bool) -> None:
+    """Run a label-budget sweep: methods x protocols x seeds (x folds), one process per run, resumable.
+
+    Finished runs are skipped; an interrupted run continues from its checkpoint; a failing run is recorded and
+    the sweep goes on. Results: OUT/results/<run>.json; then `everylabel report OUT`.
+    """
+    from everylabel.experiments import sweep as sw
+
+    if jobs < 1:
+        _fail(ValueError(f"--jobs must be >= 1, got {jobs}"))
+    try:
+        spec = sw.load_sweep(sweep_file)
+        runs = sw.expand(spec)
+    except ValueError as e:
+        _fail(e)
+    sweep_dir = Path(out) if out else sw.default_sweep_dir(sweep_file, spec)
+    if not dry_run:
+        sw.prepare(spec, runs, sweep_dir)
+    plan = sw.summarize_plan(runs, sweep_dir)
+    todo = [r for r, p in zip(runs, plan) if p["status"] != "done" and not (skip_failed and p["status"] == "failed")]
+    if print_commands:
+        for run in todo:
+            click.echo(sw.shell_command(sweep_dir, run))
+        return
+    counts: dict[str, int] = {}
+    for p in plan:
+        counts[p["status"]] = counts.get(p["status"], 0) + 1
+    click.echo(f"sweep {spec.name!r} in {sweep_dir}: {len(runs)} run(s) ("
+               + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f"); {len(todo)} to run", err=True)
+    if dry_run:
+        click.echo("| run | method | protocol | seed | fold | masks | status |")
+        click.echo("|---|---|---|---:|---:|---:|---|")
+        for p in plan:
+            click.echo(f"| {p['name']} | {p['method']} | {p['protocol']} | {p['seed']} | {p['fold']} | "
+                       f"{p['masks']} | {p['status']} |")
+        return
+    try:
+        outcome = sw.execute(todo, sweep_dir, jobs=jobs, echo=lambda line: click.echo(line, err=True))
+    except KeyboardInterrupt:
+        click.echo(f"interrupted; run the same command again to continue the sweep in {sweep_dir}", err=True)
+        sys.exit(130)
+    failed = [n for n, s in outcome.items() if s != "ok"]
+    click.echo(f"{len(outcome) - len(failed)} run(s) finished, {len(failed)} not; results in "
+               f"{sweep_dir / 'results'}; report: everylabel report {sweep_dir}", err=True)
+    if failed:
+        sys.exit(1)
+
+
+@main.command(name="run-one", hidden=True)
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--progress", is_flag=True, help="Show the training progress bar.")
+def run_one(run_dir: str, progress: bool) -> None:
+    """Execute one run of a sweep (what `sweep` starts per run). Exit 0 ok, 1 failed, 3 interrupted, 4 busy."""
+    from everylabel.experiments.sweep import RunBusy, RunInterrupted
+    from everylabel.experiments.sweep import run_one as execute_run
+
+    try:
+        row = execute_run(run_dir, progress=progress)
+    except ValueError as e:
+        _fail(e)
+    except RunBusy as e:
+        click.echo(f"skipped: {e}", err=True)
+        sys.exit(4)
+    except (RunInterrupted, KeyboardInterrupt) as e:
+        click.echo(f"interrupted ({e or 'Ctrl-C'}); run again to resume from the last checkpoint", err=True)
+        sys.exit(3)
+    if row["status"] != "ok":
+        click.echo(f"run failed: {row.get('error')}\n{row.get('traceback', '')}", err=True)
+        sys.exit(1)
+    click.echo(f"{row['name']}: ok in {row['wall_seconds']:.0f} s")
+
+
+@main.command()
+@click.argument("sweep_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--metric", "metric", default="dice", show_default=True, help="Metric of the table and the tests.")
+@click.option("--test-unit", type=click.Choice(["case", "seed"]), default="case", show_default=True,
+              help="Pair methods over (seed, fold, case) or over (seed, fold) run scores.")
+@click.option("--alpha", type=float, default=0.05, show_default=True, help="Family-wise significance level.")
+@click.option("--out", "out", type=click.Path(), default=None, help="Report folder (default: SWEEP_DIR/report).")
+def report(sweep_dir: str, metric: str, test_unit: str, alpha: float, out: str | None) -> None:
+    """Write SWEEP_DIR/report/report.md, report.html (self-contained) and PNG plots from the stored results."""
+    from everylabel.experiments.report import write_report
+
+    try:
+        paths = write_report(sweep_dir, out, metric=metric, test_unit=test_unit, alpha=alpha)
+    except ValueError as e:
+        _fail(e)
+    click.echo(f"wrote {paths['markdown']} and {paths['html']}")
+
+
 if __name__ == "__main__":
     main()

@@ -13,6 +13,19 @@ combined into one annotation, e.g. boxes + tags)::
      "cases": {"case_007": "mask", "case_012": {"kind": "unlabelled"}},
      "splits": ["train"]}
 
+Budget form (label-budget experiments: "4 masks, scribbles for 10, boxes for the rest"): ``assign`` entries take
+cases in order from one seeded permutation of the cases of ``splits`` (minus any named under ``cases``); each
+entry is a step (kind plus parameters, or ``steps: [...]`` to combine several) with a ``count`` (an integer, or
+``"all"`` for every remaining case, last entry only); ``rest`` (default ``unlabelled``) is what the remaining
+cases get::
+
+    {"assign": [{"kind": "mask", "count": 4}, {"kind": "scribbles", "count": 10, "fraction": 0.5}],
+     "rest": "boxes"}
+
+The permutation depends only on the seed (``seed`` in the protocol, else the simulation seed) and the case ids, so
+budgets are nested as in the label-budget studies (Reiß et al., CVPR 2021; Redekop et al., DALI 2021): with the
+same seed, the 2 mask cases of a 2-mask protocol are among the 4 of a 4-mask protocol.
+
 :func:`simulate_manifest` applies a protocol to a manifest with one seed and writes a new, loadable manifest.
 """
 
@@ -32,6 +45,7 @@ from everylabel.annotations.simulate import check_params, get_simulator, merge_a
 from everylabel.annotations.simulate_common import to_builtin
 
 PROTOCOL_KEYS = ("default", "cases", "splits")
+BUDGET_KEYS = ("assign", "rest", "cases", "splits", "seed")
 STEP_KEYS = ("kind", "params")
 
 
@@ -50,12 +64,63 @@ class Protocol:
     default: list[Step] | None
     cases: dict[str, list[Step]]
     splits: tuple[str, ...] = ("train",)
+    assign: list[tuple[int | None, list[Step]]] = field(default_factory=list)
+    """Budget form: ``(count, steps)`` per entry, count None = every remaining case; ``default`` is the rest."""
+    seed: int | None = None
+    """Budget form: seed of the case permutation (None = the simulation seed)."""
 
     def steps_for(self, case_id: str, split: str) -> list[Step] | None:
         """The steps of a case, or None when it is copied unchanged."""
         if case_id in self.cases:
             return self.cases[case_id]
         return self.default if split in self.splits else None
+
+    @property
+    def requested_cases(self) -> int:
+        """Cases the ``assign`` entries ask for (an ``"all"`` entry counts as one)."""
+        return sum(1 if n is None else n for n, _ in self.assign)
+
+    def mask_count(self, n_cases: int) -> int:
+        """Cases that keep their full mask, given ``n_cases`` cases of ``splits`` not named under ``cases``."""
+        def is_mask(steps):
+            return steps is not None and [s.kind for s in steps] == ["mask"]
+
+        named = sum(is_mask(steps) for steps in self.cases.values())
+        if not self.assign:
+            return named + (n_cases if is_mask(self.default) else 0)
+        left, masks = n_cases, named
+        for n, steps in self.assign:
+            take = left if n is None else min(n, left)
+            masks += take if is_mask(steps) else 0
+            left -= take
+        return masks + (left if is_mask(self.default) else 0)
+
+    def resolve(self, case_ids: list[str], seed: int) -> Protocol:
+        """The budget form made concrete for these cases: every drawn case named under ``cases``.
+
+        Args:
+            case_ids: ids of the cases of ``splits`` (order does not matter).
+            seed: the simulation seed (used unless the protocol has its own ``seed``).
+
+        Raises:
+            ValueError: the entries ask for more cases than there are.
+        """
+        if not self.assign:
+            return self
+        pool = sorted(set(case_ids) - set(self.cases))
+        if self.requested_cases > len(pool):
+            asked = ", ".join(f"{'all' if n is None else n} {'+'.join(s.kind for s in steps)}"
+                              for n, steps in self.assign)
+            raise ValueError(f"protocol asks for {self.requested_cases} cases ({asked}) but the {'/'.join(self.splits)}"
+                             f" split has {len(pool)} case(s) to draw from")
+        gen = np.random.default_rng([int(self.seed if self.seed is not None else seed), zlib.crc32(b"assign")])
+        order = [pool[i] for i in gen.permutation(len(pool))]
+        cases, start = dict(self.cases), 0
+        for n, steps in self.assign:
+            stop = len(order) if n is None else start + n
+            cases.update({cid: steps for cid in order[start:stop]})
+            start = stop
+        return Protocol(default=self.default, cases=cases, splits=self.splits)
 
 
 def _steps(entry, where: str) -> list[Step]:
@@ -94,9 +159,12 @@ def parse_protocol(protocol: dict) -> Protocol:
         raise ValueError(f"a protocol must be a mapping, got {type(protocol).__name__}")  # noqa: TRY004
     if "kind" in protocol:
         return Protocol(default=_steps(protocol, "protocol"), cases={})
+    if "assign" in protocol:
+        return _parse_budget(protocol)
     unknown = [k for k in protocol if k not in PROTOCOL_KEYS]
     if unknown:
-        raise ValueError(f"protocol: unknown keys {unknown}; expected 'kind' (short form) or {PROTOCOL_KEYS}")
+        raise ValueError(f"protocol: unknown keys {unknown}; expected 'kind' (short form), {PROTOCOL_KEYS} or "
+                         f"{BUDGET_KEYS} (budget form)")
     default = protocol.get("default")
     cases = protocol.get("cases") or {}
     if not isinstance(cases, dict):
@@ -111,6 +179,39 @@ def parse_protocol(protocol: dict) -> Protocol:
     return Protocol(default=None if default is None else _steps(default, "protocol.default"),
                     cases={str(cid): _steps(e, f"protocol.cases.{cid}") for cid, e in cases.items()},
                     splits=splits)
+
+
+def _parse_budget(protocol: dict) -> Protocol:
+    unknown = [k for k in protocol if k not in BUDGET_KEYS]
+    if unknown:
+        raise ValueError(f"protocol: unknown keys {unknown} in the budget form; expected some of {BUDGET_KEYS}")
+    entries = protocol["assign"]
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"protocol.assign: expected a non-empty list of {{'kind': ..., 'count': n}}, got {entries!r}")
+    assign = []
+    for i, entry in enumerate(entries):
+        where = f"protocol.assign[{i}]"
+        if not isinstance(entry, dict) or "count" not in entry:
+            raise ValueError(f"{where}: expected a mapping with 'count' and 'kind' (or 'steps'), got {entry!r}")
+        count = entry["count"]
+        if count == "all":
+            if i != len(entries) - 1:
+                raise ValueError(f"{where}: count 'all' (every remaining case) is only allowed in the last entry")
+            count = None
+        elif isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(f"{where}: count must be an integer >= 0 or 'all', got {count!r}")
+        step = {k: v for k, v in entry.items() if k != "count"}
+        if "steps" in step:
+            if set(step) != {"steps"}:
+                raise ValueError(f"{where}: give either 'steps' or a kind with parameters, not both")
+            step = step["steps"]
+        assign.append((count, _steps(step, where)))
+    full = parse_protocol({"default": protocol.get("rest", "unlabelled"), "cases": protocol.get("cases") or {},
+                           "splits": protocol.get("splits", ["train"])})
+    seed = protocol.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ValueError(f"protocol.seed must be an integer, got {seed!r}")
+    return Protocol(default=full.default, cases=full.cases, splits=full.splits, assign=assign, seed=seed)
 
 
 def case_rng(seed: int, case_id: str) -> np.random.Generator:
@@ -290,8 +391,8 @@ def simulate_manifest(manifest_path: str | Path, out_dir: str | Path, protocol: 
         Path of the new manifest.
 
     Raises:
-        ValueError: bad protocol, unknown case ids in ``protocol["cases"]``, unusable ``unlabelled_value``, or
-            unreadable cases.
+        ValueError: bad protocol, unknown case ids in ``protocol["cases"]``, a budget asking for more cases than
+            the split has, unusable ``unlabelled_value``, or unreadable cases.
     """
     import yaml
 
@@ -304,6 +405,7 @@ def simulate_manifest(manifest_path: str | Path, out_dir: str | Path, protocol: 
     unknown = sorted(set(parsed.cases) - set(ids))
     if unknown:
         raise ValueError(f"protocol names cases {unknown} that are not in {manifest.source}")
+    parsed = parsed.resolve([c.id for c in manifest.cases if c.split in parsed.splits], seed)
     if unlabelled_value < manifest.num_classes:
         raise ValueError(f"unlabelled_value {unlabelled_value} is a class index (classes 0..{manifest.num_classes - 1})"
                          "; choose a value >= the number of classes, e.g. 255")
