@@ -14,7 +14,7 @@ from everylabel.data.synthetic import make_dataset
 def test_help_lists_commands():
     res = CliRunner().invoke(main, ["--help"])
     assert res.exit_code == 0
-    for cmd in ("check", "train", "predict", "evaluate", "demo", "simulate"):
+    for cmd in ("check", "train", "predict", "evaluate", "demo", "simulate", "sweep", "report", "refine"):
         assert cmd in res.output
 
 

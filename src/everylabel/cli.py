@@ -192,6 +192,40 @@ def demo(out: str | None, steps: int, seed: int) -> None:
 
 
 @main.command()
+@click.option("--data", required=True, type=click.Path(exists=True), help="Manifest or nnU-Net raw dataset with "
+              "unlabelled cases.")
+@click.option("--out", required=True, type=click.Path(), help="Output folder (round_0/, round_1/, ...).")
+@click.option("--rounds", type=int, default=2, show_default=True, help="Train -> pseudo-label rounds.")
+@click.option("--tau", type=float, default=0.9, show_default=True, help="Per-voxel confidence threshold.")
+@click.option("--size-std", type=float, default=2.0, show_default=True,
+              help="Keep components whose size is within mean +- this many std of the labelled ones (<0: off).")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False), help="YAML with config changes.")
+@click.option("--set", "overrides", multiple=True, help="key=value config override.")
+@click.option("--no-progress", is_flag=True)
+def refine(data: str, out: str, rounds: int, tau: float, size_std: float, config: str | None,
+           overrides: tuple[str, ...], no_progress: bool) -> None:
+    """Iterative pseudo-label refinement (Liu et al., DALI 2021): train, pseudo-label the unlabelled cases, filter
+    by confidence and component size, retrain with them; resumable, one folder per round."""
+    from everylabel.engine.refinement import refine as run_refine
+    from everylabel.experiments.config import load_config
+
+    try:
+        cfg = load_config(config, list(overrides))
+        result = run_refine(data, out, cfg, rounds=rounds, tau=tau, size_std=None if size_std < 0 else size_std,
+                            progress=not no_progress)
+    except ValueError as e:
+        _fail(e)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted; run the same command again to continue in {out}", err=True)
+        sys.exit(130)
+    for r in result["rounds"]:
+        val = "n/a" if r.get("val_dice") is None else f"{r['val_dice']:.4f}"
+        click.echo(f"round {r['round']}: {r['pseudo_cases']} pseudo-labelled case(s), kept {r['kept_fraction']:.1%}"
+                   f" of their voxels, validation Dice {val}")
+    click.echo(f"last manifest: {result['manifest']}")
+
+
+@main.command()
 @click.argument("sweep_file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", "out", type=click.Path(), default=None,
               help="Sweep directory (default: <folder of SWEEP_FILE>/<sweep name>).")

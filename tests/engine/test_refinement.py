@@ -140,3 +140,18 @@ def test_bad_arguments(semi, tmp_path):
     labelled_only.write_text(yaml.safe_dump(data))
     with pytest.raises(ValueError, match="no unlabelled case to pseudo-label"):
         refine(labelled_only, tmp_path / "r", cfg)
+
+
+def test_cli_refine_runs_a_round_and_reports_it(semi, tmp_path):
+    from click.testing import CliRunner
+
+    from everylabel.cli import main
+
+    out = tmp_path / "cli"
+    args = ["refine", "--data", str(semi), "--out", str(out), "--rounds", "1", "--tau", "0.5", "--no-progress"]
+    res = CliRunner().invoke(main, args + [x for o in TINY for x in ("--set", o)])
+    assert res.exit_code == 0, res.output
+    assert "round 0: 2 pseudo-labelled case(s)" in res.output
+    assert (out / "round_0" / "manifest.yaml").is_file()
+    bad = CliRunner().invoke(main, args + ["--set", "method.nam=x"])
+    assert bad.exit_code != 0 and "did you mean 'name'" in bad.output
