@@ -125,3 +125,59 @@ def test_slice_axis_on_2d_images_is_rejected(tmp_path):
     cfg = load_config(None, TINY + ["train.steps=1", "data.slice_axis=0"])
     with pytest.raises(ValueError, match="slices of 3D volumes"):
         train(data, tmp_path / "run", cfg, progress=False)
+
+
+def test_squeeze_axis_with_context_stacks_neighbours_as_channels():
+    image = torch.randn(2, 4, 3, 5)  # C=2, slice axis 1 with 3 slices (context 1)
+    s = Sample(image=image, labels=torch.arange(60).reshape(1, 4, 3, 5), valid=torch.ones(1, 4, 3, 5, dtype=torch.bool),
+               roi=torch.ones(1, 4, 3, 5, dtype=torch.bool),
+               points=torch.tensor([[1.0, 1.0, 3.0], [2.0, 0.0, 1.0]]), point_labels=torch.tensor([1, 0]),
+               boxes=torch.tensor([[0.0, 0.0, 1.0, 3.0, 1.0, 4.0], [0.0, 1.0, 0.0, 2.0, 3.0, 2.0]]),
+               box_labels=torch.tensor([1, 1]), tags=torch.tensor([0, 1]), classes=torch.ones(2, dtype=torch.bool),
+               kinds=frozenset({Kind.MASK}), case_id="c")
+    out = squeeze_axis(s, 1, context=1)
+    assert out.image.shape == (6, 4, 5)
+    for c in range(2):
+        for j in range(3):
+            assert torch.equal(out.image[c * 3 + j], image[c, :, j])
+    assert torch.equal(out.labels, s.labels[:, :, 1])
+    assert out.points.tolist() == [[1.0, 3.0]]  # only the point on the centre slice
+    assert out.boxes.tolist() == [[0.0, 0.0, 2.0, 2.0]]  # only the box crossing the centre slice
+
+
+@pytest.mark.parametrize("axis", [0, 2])
+def test_slicewise_inference_with_context_sees_the_neighbouring_slices(axis):
+    torch.manual_seed(0)
+    net = nn.Conv2d(6, 2, 3, padding=1).eval()  # 2 channels x 3 slices
+    vol = torch.randn(1, 2, 7, 9, 8)
+    out = slicewise_inference(vol, (8, 8), net, axis, context=1, slices_per_call=3, overlap=0.5)
+    padded = torch.nn.functional.pad(vol.movedim(axis + 2, 2), (0, 0, 0, 0, 1, 1))  # (1, C, D+2, a, b)
+    for i in range(vol.shape[axis + 2]):
+        stack = torch.cat([padded[0, c, i:i + 3] for c in range(2)], 0)[None]  # (1, 6, a, b)
+        ref = sliding_window_inference(stack, (8, 8), net, overlap=0.5)
+        torch.testing.assert_close(out.select(axis + 2, i), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_sampler_with_context_centres_on_foreground_slices_and_pads_the_edges():
+    labels = np.zeros((6, 7, 8), np.int64)
+    labels[2:4, 2:5, 0] = 1  # foreground only on the first slice: its context is padding
+    case = PreparedCase(image=np.random.default_rng(1).random((1, 6, 7, 8), dtype=np.float32),
+                        ann=Annotations(labels=labels), case_id="v", num_classes=2)
+    sampler = PatchSampler([case], (6, 7, 3), 1.0, np.random.default_rng(0), slice_axis=2, slice_context=1)
+    s = sampler.sample()
+    assert s.image.shape == (3, 6, 7) and s.labels.sum() == 6
+    assert torch.equal(s.image[0], torch.zeros(6, 7)) and np.array_equal(s.image[1].numpy(), case.image[0, :, :, 0])
+
+
+def test_slice_context_training_predicts_volumes(tmp_path):
+    data = _nifti_dataset(tmp_path)
+    run = tmp_path / "run"
+    cfg = load_config(None, TINY + ["train.steps=2", "data.slice_axis=2", "data.slice_context=2",
+                                    "data.patch_size=[16, 16]", "data.val_fraction=0.2"])
+    train(data, run, cfg, progress=False)
+    plan = yaml.safe_load((run / "plan.json").read_text())
+    assert plan["slice_context"] == 2 and plan["network"]["in_channels"] == 5
+    outs = predict(run, data, tmp_path / "pred", split="test", progress=False)
+    assert nib.load(outs[0]).shape == (24, 20, 6)
+    with pytest.raises(ValueError, match="slice_context"):
+        train(data, tmp_path / "bad", load_config(None, TINY + ["data.slice_context=1"]), progress=False)

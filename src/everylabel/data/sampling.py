@@ -136,27 +136,44 @@ def case_to_sample(case: PreparedCase, start: np.ndarray | None = None,
     )
 
 
-def squeeze_axis(sample: Sample, axis: int) -> Sample:
-    """Turn a 3D sample one voxel thick along spatial ``axis`` into a 2D sample (slice-wise training).
+def squeeze_axis(sample: Sample, axis: int, context: int = 0) -> Sample:
+    """Turn a 3D sample ``2 * context + 1`` voxels thick along spatial ``axis`` into a 2D sample of its centre slice.
 
-    Points keep their two in-plane coordinates; a 3D box crossing the slice becomes the slice's 2D box (so a 3D
-    box gives per-slice non-tight boxes, as in Redekop & Chernyavskiy, DALI 2021).
+    With ``context`` > 0 the neighbouring slices become extra channels (2.5D): channel ``c * (2k + 1) + j`` is
+    channel c of slice ``centre - k + j`` (the order :func:`everylabel.engine.inference.slicewise_inference` uses).
+    Labels, valid region, points and boxes are the centre slice's: points keep their two in-plane coordinates; a 3D
+    box crossing the slice becomes the slice's 2D box (so a 3D box gives per-slice non-tight boxes, as in Redekop &
+    Chernyavskiy, DALI 2021).
 
     Note: a volume-level tag "class present" does not say the class is in this slice, so positive tags become
     unknown (-1); absent-class tags stay valid for every slice.
     """
-    if sample.image.shape[axis + 1] != 1:
-        raise ValueError(f"squeeze_axis needs a sample one voxel thick along axis {axis}, got "
-                         f"{tuple(sample.image.shape[1:])}")
+    thick = 2 * context + 1
+    if context < 0 or sample.image.shape[axis + 1] != thick:
+        raise ValueError(f"squeeze_axis needs a sample {thick} voxel(s) thick along axis {axis} (one voxel thick "
+                         f"plus {context} context slice(s) per side), got {tuple(sample.image.shape[1:])}")
     nd = sample.image.ndim - 1
     keep = [i for i in range(nd) if i != axis]
+    image = sample.image.movedim(axis + 1, 1)  # (C, 2k+1, a, b)
+    image = image.reshape(-1, *image.shape[2:])
+
+    def centre(t: torch.Tensor) -> torch.Tensor:
+        return t.select(axis + 1, context)
+
+    pts, plab = sample.points, sample.point_labels
+    if len(pts):
+        on = (pts[:, axis] - context).abs() < 0.5
+        pts, plab = pts[on], plab[on]
+    boxes, blab = sample.boxes, sample.box_labels
+    if len(boxes):
+        on = (boxes[:, axis] <= context) & (boxes[:, axis + nd] > context)
+        boxes, blab = boxes[on], blab[on]
     tags = sample.tags.clone()
     tags[tags > 0] = -1
     return Sample(
-        image=sample.image.squeeze(axis + 1), labels=sample.labels.squeeze(axis + 1),
-        valid=sample.valid.squeeze(axis + 1), roi=sample.roi.squeeze(axis + 1),
-        points=sample.points[:, keep], point_labels=sample.point_labels,
-        boxes=sample.boxes[:, keep + [k + nd for k in keep]], box_labels=sample.box_labels,
+        image=image, labels=centre(sample.labels), valid=centre(sample.valid), roi=centre(sample.roi),
+        points=pts[:, keep], point_labels=plab,
+        boxes=boxes[:, keep + [k + nd for k in keep]], box_labels=blab,
         tags=tags, classes=sample.classes, kinds=sample.kinds, case_id=sample.case_id,
     )
 
@@ -169,20 +186,22 @@ class PatchSampler:
         patch_size: spatial patch size.
         foreground_oversample: probability that a patch is centred on a random annotated foreground voxel.
         rng: numpy Generator (its state is saved with checkpoints for exact resume).
-        slice_axis: with 3D cases and a patch one voxel thick along this axis, return 2D samples (slice-wise
-            training of a 2D network, see :func:`squeeze_axis`).
+        slice_axis: with 3D cases and a patch ``2 * slice_context + 1`` voxels thick along this axis, return 2D
+            samples of the centre slice (slice-wise training of a 2D network, see :func:`squeeze_axis`).
+        slice_context: neighbouring slices per side stacked as channels (2.5D).
     """
 
     def __init__(self, cases: list[PreparedCase], patch_size: tuple[int, ...], foreground_oversample: float,
-                 rng: np.random.Generator, slice_axis: int | None = None):
+                 rng: np.random.Generator, slice_axis: int | None = None, slice_context: int = 0):
         if not cases:
             raise ValueError("no training cases to sample patches from")
         if not 0 <= foreground_oversample <= 1:
             raise ValueError(f"foreground_oversample must be in [0, 1], got {foreground_oversample}")
         self.cases, self.patch_size, self.p_fg, self.rng = cases, tuple(patch_size), foreground_oversample, rng
-        self.slice_axis = slice_axis
-        if slice_axis is not None and self.patch_size[slice_axis] != 1:
-            raise ValueError(f"slice-wise sampling needs a patch one voxel thick along axis {slice_axis}, got "
+        self.slice_axis, self.slice_context = slice_axis, slice_context
+        if slice_axis is not None and self.patch_size[slice_axis] != 2 * slice_context + 1:
+            raise ValueError(f"slice-wise sampling needs a patch {2 * slice_context + 1} voxel(s) thick along axis "
+                             f"{slice_axis} (one voxel thick plus {slice_context} context slice(s) per side), got "
                              f"{self.patch_size}")
         self.groups = {
             None: cases,
@@ -204,9 +223,15 @@ class PatchSampler:
             start = centre - size // 2
             # keep the patch inside the image where the image is large enough (random offset otherwise)
             start = np.clip(start, np.minimum(0, shape - size), np.maximum(0, shape - size))
+            if self.slice_axis is not None:
+                start[self.slice_axis] = centre[self.slice_axis] - self.slice_context  # the centre slice is fg
         else:
             hi = np.maximum(shape - size, 0)
             start = np.array([int(self.rng.integers(h + 1)) for h in hi])
             start = np.where(shape < size, (shape - size) // 2, start)
+            if self.slice_axis is not None and self.slice_context:
+                # every slice may be the centre one: the context of edge slices is zero-padded, as at inference
+                k, a = self.slice_context, self.slice_axis
+                start[a] = int(self.rng.integers(shape[a])) - k
         sample = case_to_sample(case, start, tuple(self.patch_size))
-        return sample if self.slice_axis is None else squeeze_axis(sample, self.slice_axis)
+        return sample if self.slice_axis is None else squeeze_axis(sample, self.slice_axis, self.slice_context)

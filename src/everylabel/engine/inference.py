@@ -191,6 +191,7 @@ def slicewise_inference(
     predictor: Callable[[Tensor], Tensor | Sequence[Tensor]],
     slice_axis: int,
     *,
+    context: int = 0,
     slices_per_call: int = 16,
     **kwargs,
 ) -> Tensor:
@@ -203,6 +204,8 @@ def slicewise_inference(
         inputs: (B, C, *S) 3D volumes.
         roi_size: the 2D window size.
         slice_axis: spatial axis (0, 1 or 2) along which to slice.
+        context: neighbouring slices per side given to the network as extra channels (2.5D; zero beyond the
+            volume); channel ``c * (2k + 1) + j`` is channel c of slice ``i - k + j``.
         slices_per_call: slices handed to :func:`sliding_window_inference` at once (bounds memory).
 
     Returns:
@@ -212,24 +215,32 @@ def slicewise_inference(
         raise ValueError(f"slice-wise inference expects (B, C, X, Y, Z) volumes, got shape {tuple(inputs.shape)}")
     if slice_axis not in (0, 1, 2):
         raise ValueError(f"slice_axis must be 0, 1 or 2, got {slice_axis}")
-    if slices_per_call < 1:
-        raise ValueError(f"slices_per_call must be >= 1, got {slices_per_call}")
+    if slices_per_call < 1 or context < 0:
+        raise ValueError(f"slices_per_call must be >= 1 and context >= 0, got {slices_per_call} and {context}")
+    thick = 2 * context + 1
     outputs = []
     for volume in inputs:
-        slices = volume.movedim(slice_axis + 1, 0)  # (D, C, a, b)
-        parts = [sliding_window_inference(slices[i : i + slices_per_call], roi_size, predictor, **kwargs)
-                 for i in range(0, slices.shape[0], slices_per_call)]
+        slices = volume.movedim(slice_axis + 1, 1)  # (C, D, a, b)
+        depth = slices.shape[1]
+        if context:
+            slices = F.pad(slices, (0, 0, 0, 0, context, context))
+        parts = []
+        for i in range(0, depth, slices_per_call):
+            n = min(slices_per_call, depth - i)
+            chunk = slices[:, i : i + n + thick - 1].unfold(1, thick, 1)  # (C, n, a, b, 2k+1)
+            chunk = chunk.permute(1, 0, 4, 2, 3).reshape(n, -1, *slices.shape[2:])  # (n, C * (2k+1), a, b)
+            parts.append(sliding_window_inference(chunk, roi_size, predictor, **kwargs))
         outputs.append(torch.cat(parts, 0).movedim(0, slice_axis + 1))  # (N, *S)
     return torch.stack(outputs)
 
 
 def infer_logits(inputs: Tensor, roi_size: Sequence[int], predictor: Callable, slice_axis: int | None = None,
-                 **kwargs) -> Tensor:
+                 context: int = 0, **kwargs) -> Tensor:
     """Whole-image logits: :func:`sliding_window_inference`, or :func:`slicewise_inference` for a 2D model on 3D
     volumes (``slice_axis`` set)."""
     if slice_axis is None:
         return sliding_window_inference(inputs, roi_size, predictor, **kwargs)
-    return slicewise_inference(inputs, roi_size, predictor, slice_axis, **kwargs)
+    return slicewise_inference(inputs, roi_size, predictor, slice_axis, context=context, **kwargs)
 
 
 def _check_arguments(

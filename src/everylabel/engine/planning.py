@@ -35,6 +35,8 @@ class RunPlan:
     network: dict
     slice_axis: int | None = None
     """Set when a 2D network is trained on slices of 3D volumes along this axis (``data.slice_axis``)."""
+    slice_context: int = 0
+    """Neighbouring slices on each side stacked as channels (``data.slice_context``; 2.5D)."""
 
     @property
     def image_dims(self) -> int:
@@ -47,7 +49,7 @@ class RunPlan:
         if self.slice_axis is None:
             return tuple(self.patch_size)
         p = list(self.patch_size)
-        p.insert(self.slice_axis, 1)
+        p.insert(self.slice_axis, 2 * self.slice_context + 1)
         return tuple(p)
 
     def to_dict(self) -> dict:
@@ -64,7 +66,8 @@ class RunPlan:
                    class_names={int(k): v for k, v in d["class_names"].items()},
                    patch_size=tuple(d["patch_size"]), batch_size=int(d["batch_size"]),
                    preprocess=PreprocessPlan.from_dict(d["preprocess"]), network=dict(d["network"]),
-                   slice_axis=None if d.get("slice_axis") is None else int(d["slice_axis"]))
+                   slice_axis=None if d.get("slice_axis") is None else int(d["slice_axis"]),
+                   slice_context=int(d.get("slice_context", 0)))
 
 
 def _round_patch(shape: tuple[int, ...], limit: int, divisor: int) -> tuple[int, ...]:
@@ -112,6 +115,10 @@ def plan_run(cfg, manifest, raw: list[tuple[np.ndarray, Annotations, object]]) -
                              f"images of {manifest.source} are {image_dims}D")
         if slice_axis not in (0, 1, 2):
             raise ValueError(f"data.slice_axis must be 0, 1 or 2, got {slice_axis}")
+    context = int(cfg.data.slice_context)
+    if context < 0 or (context and slice_axis is None):
+        raise ValueError(f"data.slice_context must be >= 0 and needs data.slice_axis, got {context} with "
+                         f"slice_axis={slice_axis}")
     spatial_dims = 2 if slice_axis is not None else image_dims
     in_channels = first.shape[0]
     num_classes = manifest.num_classes
@@ -138,7 +145,7 @@ def plan_run(cfg, manifest, raw: list[tuple[np.ndarray, Annotations, object]]) -
     pp = PreprocessPlan(normalization=norms, target_spacing=target, crop_nonzero=cfg.data.crop_nonzero,
                         ct_stats=ct_stats)
 
-    net = network_kwargs(cfg, spatial_dims, in_channels, num_classes)
+    net = network_kwargs(cfg, spatial_dims, in_channels * (2 * context + 1), num_classes)
     divisor = network_divisor(cfg.network.name, net)
     if cfg.data.patch_size is not None:
         patch = tuple(int(p) for p in cfg.data.patch_size)
@@ -160,7 +167,7 @@ def plan_run(cfg, manifest, raw: list[tuple[np.ndarray, Annotations, object]]) -
     batch = cfg.data.batch_size or DEFAULT_BATCH[spatial_dims]
     return RunPlan(spatial_dims=spatial_dims, in_channels=in_channels, num_classes=num_classes,
                    class_names=dict(manifest.labels), patch_size=patch, batch_size=int(batch), preprocess=pp,
-                   network=net, slice_axis=slice_axis)
+                   network=net, slice_axis=slice_axis, slice_context=context)
 
 
 def prepare(raw: tuple[np.ndarray, Annotations, object], case_id: str, plan: RunPlan) -> PreparedCase:

@@ -119,7 +119,7 @@ class Predictor:
         inf = self.cfg.inference
         use_bf16 = inf.precision == "bf16"
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            logits = infer_logits(x, p.patch_size, self._forward, p.slice_axis, overlap=inf.overlap,
+            logits = infer_logits(x, p.patch_size, self._forward, p.slice_axis, p.slice_context, overlap=inf.overlap,
                                   sw_batch_size=inf.sw_batch_size, mode=inf.mode,
                                   tta_flips=inf.tta if tta is None else tta)
         probs = torch.softmax(logits[0].float(), 0).cpu()

@@ -186,7 +186,8 @@ def validate_cases(network: nn.Module, cases: list[PreparedCase], plan: RunPlan,
     with torch.inference_mode():
         for case in cases:
             img = torch.from_numpy(case.image)[None].to(device)
-            logits = infer_logits(img, plan.patch_size, network, plan.slice_axis, overlap=cfg.inference.overlap,
+            logits = infer_logits(img, plan.patch_size, network, plan.slice_axis, plan.slice_context,
+                                  overlap=cfg.inference.overlap,
                                   sw_batch_size=cfg.inference.sw_batch_size, mode=cfg.inference.mode)
             pred = logits.argmax(1, keepdim=True).cpu()
             ann = case.ann
@@ -293,7 +294,7 @@ def train(data: str | Path, out_dir: str | Path, cfg: Config, *, resume: bool = 
                                                                        cfg.optim.warmup_steps))
     rng = np.random.default_rng(cfg.train.seed)
     sampler = PatchSampler(train_cases, plan.sample_patch, cfg.data.foreground_oversample, rng,
-                           slice_axis=plan.slice_axis)
+                           slice_axis=plan.slice_axis, slice_context=plan.slice_context)
     groups = batch_groups(cfg.data.labelled_fraction, plan.batch_size, info.world_size, train_cases)
     augment = build_augmentation(cfg.augment)
     amp = autocast_dtype(cfg.train.precision, device)

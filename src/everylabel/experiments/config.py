@@ -37,6 +37,9 @@ class DataConfig:
     slice_axis: int | None = None
     """Train a 2D network on slices of 3D volumes along this spatial axis (0, 1 or 2; nnU-Net's "2d"
     configuration); prediction runs slice by slice and writes the 3D volume. None = the images' own dimensionality."""
+    slice_context: int = 0
+    """With ``slice_axis``: this many neighbouring slices on each side join the centre slice as extra input
+    channels (2.5D); the label is the centre slice's. 0 = plain 2D slices."""
 
 
 @dataclass(frozen=True)
