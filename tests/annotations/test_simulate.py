@@ -515,3 +515,26 @@ def test_simulate_manifest_errors(manifest_path, tmp_path):
         simulate_manifest(manifest_path, tmp_path / "x", {"default": "tags", "splits": ["training"]})
     with pytest.raises(ValueError, match="'unlabelled' cannot be combined"):
         simulate_manifest(manifest_path, tmp_path / "x", {"default": ["unlabelled", "tags"]})
+
+
+def test_boxes_per_slice_are_tight_on_every_slice_and_replay():
+    from scipy import ndimage
+
+    from everylabel.annotations.simulate import replay
+
+    labels = np.zeros((6, 12, 10), np.int64)
+    labels[1:5, 2:9, 3:7] = 1
+    labels[2, 2:4, 3:5] = 0  # slice 2 of axis 0 gets a smaller, shifted object
+    labels[3, 10:12, 8:10] = 1  # and slice 3 a second component
+    ann = simulate(labels, "boxes", 0, slice_axis=0)
+    assert ann.boxes.shape[1] == 6
+    expected = []
+    for k in range(labels.shape[0]):
+        comp, _ = ndimage.label(labels[k], np.ones((3, 3)))
+        for sl in ndimage.find_objects(comp):
+            expected.append([k, sl[0].start, sl[1].start, k + 1, sl[0].stop, sl[1].stop])
+    assert sorted(ann.boxes.astype(int).tolist()) == sorted(expected)
+    again = replay(labels, ann.extra["simulation"])
+    assert np.array_equal(again.boxes, ann.boxes)
+    with pytest.raises(ValueError, match="3D label map"):
+        simulate(labels[0], "boxes", 0, slice_axis=0)
