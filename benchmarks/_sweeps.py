@@ -1,0 +1,51 @@
+"""Run a checked-in sweep file with ``everylabel sweep`` and read its results back (the LA benchmarks use it).
+
+The sweep directory defaults to ``/tmp/everylabel_bench/<sweep name>`` (outside the repository); a re-run skips
+finished runs, so an interrupted benchmark continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+SWEEPS = Path(__file__).resolve().parent / "sweeps"
+
+
+def run_sweep(name: str, out: Path | None = None, jobs: int = 1) -> Path:
+    """``everylabel sweep benchmarks/sweeps/<name>.yaml --out OUT`` (failures are recorded, not raised)."""
+    out = out or Path("/tmp/everylabel_bench") / name
+    cmd = [sys.executable, "-m", "everylabel", "sweep", str(SWEEPS / f"{name}.yaml"), "--out", str(out),
+           "--jobs", str(jobs)]
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=False)
+    return out
+
+
+def scores(sweep_dir: Path, metric: str = "dice") -> dict[tuple[str, str], list[float]]:
+    """(method, protocol) -> per-seed run scores (mean over the test cases' foreground classes) of finished runs."""
+    from everylabel.experiments.results import load_results, run_score
+
+    out: dict[tuple[str, str], list[float]] = {}
+    for row in load_results(sweep_dir, status="ok"):
+        out.setdefault((row["method"], row["protocol"]), []).append(run_score(row, metric))
+    return out
+
+
+def failed(sweep_dir: Path) -> list[str]:
+    from everylabel.experiments.results import load_results
+
+    return [f"{r['name']}: {str(r.get('error'))[:200]}" for r in load_results(sweep_dir, status="failed")]
+
+
+def fmt(values: list[float], scale: float = 100.0) -> str:
+    if not values:
+        return "n/a"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values) * scale:.2f} ± {sd * scale:.2f} (n={len(values)})"
+
+
+def mean(values: list[float]) -> float:
+    return statistics.mean(values) if values else float("nan")

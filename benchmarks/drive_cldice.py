@@ -1,0 +1,138 @@
+"""clDice on real vessels and membranes (issue 6): soft-Dice vs L_c = (1 - a) softDice + a softclDice.
+
+Shit, Paetzold et al., "clDice - a novel topology-preserving loss function for tubular structure segmentation",
+CVPR 2021, Table 1 (DRIVE, FCN): soft-Dice 78.23 Dice / 78.02 clDice / beta0 error 2.187; alpha = 0.2: 78.75 /
+80.22 / 1.892. As in the paper, the baseline is soft-Dice alone (``method.ce_weight=0``) and L_c replaces it; the
+Dice term keeps everylabel's deep supervision, clDice acts on the full-resolution output (3 skeleton iterations).
+
+Setup: everylabel's default 2D U-Net, 128 x 128 patches, batch 8, AdamW + poly LR, ``--steps`` steps, the same
+seeds for every configuration; prediction with flip TTA.
+  drive: train on the 20 training images, test on the 20 test images inside the field of view (1st observer).
+  isbi:  ISBI 2012 EM membranes, 30 labelled slices, k-fold cross-validation (``--folds``, default 3).
+Metrics (everylabel.metrics, hard masks): Dice, clDice (scikit-image skeletons), Betti-0 / Betti-1 errors
+(8-connected foreground, 4-connected background in 2D) on the whole test image (inside the FOV for DRIVE). The paper
+reports Betti errors on random patches, so its values are smaller than whole-image ones; compare the trend.
+
+"Best alpha" = the alpha with the highest mean clDice among those losing at most 0.5 Dice points to soft-Dice
+(if none qualifies: the highest clDice).
+
+Usage:
+  python benchmarks/drive_cldice.py                             # DRIVE, alphas 0 .1 .2 .3 .5, seeds 0 1 2
+  python benchmarks/drive_cldice.py --dataset isbi --alphas 0,0.2,0.3 --seeds 0
+  python benchmarks/drive_cldice.py --speed-only                # the skeleton timing vs MONAI alone
+Runs are cached in --workdir (default /tmp/everylabel_bench/cldice_<dataset>); a re-run skips finished runs.
+Ends with: RESULT cldice_gain=... dice_drop=... beta0_change=... skeleton_speed_vs_monai=...
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import MANIFESTS, case_ids, mean, mean_std, run_once, subset_manifest  # noqa: E402
+
+METRICS = ("dice", "cldice", "betti0_error", "betti1_error")
+
+
+def configs(alphas: list[float]) -> list[tuple[str, list[str]]]:
+    out = []
+    for a in alphas:
+        label = "soft-Dice" if a == 0 else f"L_c, alpha={a:g}"
+        out.append((label, ["method.ce_weight=0", f"method.cldice_weight={a}"]))
+    return out
+
+
+def splits(dataset: str, folds: int, workdir: Path) -> list[tuple[str, Path]]:
+    """(name, manifest) per data split: DRIVE's fixed train/test, or the ISBI folds."""
+    if dataset == "drive":
+        return [("drive", MANIFESTS / "drive.yaml")]
+    src = MANIFESTS / "isbi2012.yaml"
+    ids = sorted(case_ids(src, "train"))
+    out = []
+    for k in range(folds):
+        test = set(ids[k::folds])
+        m = subset_manifest(src, workdir / f"isbi_fold{k}.yaml", {i: "test" if i in test else "train" for i in ids})
+        out.append((f"fold{k}", m))
+    return out
+
+
+def skeleton_speed() -> tuple[float, str]:
+    """Run benchmarks/cldice_speed.py; the speed-up of the soft skeleton over MONAI's (the lower of 2D and 3D)."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, str(Path(__file__).with_name("cldice_speed.py"))], check=True,
+                         capture_output=True, text=True).stdout
+    result = dict(kv.split("=") for kv in out.strip().splitlines()[-1].split()[1:])
+    return min(float(v) for v in result.values()), out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dataset", choices=("drive", "isbi"), default="drive")
+    ap.add_argument("--alphas", default="0,0.1,0.2,0.3,0.5")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--folds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--fresh", action="store_true")
+    ap.add_argument("--speed-only", action="store_true")
+    ap.add_argument("--no-speed", action="store_true")
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(2)
+    workdir = args.workdir or Path(f"/tmp/everylabel_bench/cldice_{args.dataset}")
+    workdir.mkdir(parents=True, exist_ok=True)
+    alphas = [float(a) for a in args.alphas.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",")]
+
+    rows = {}
+    if not args.speed_only:
+        base = ["data.patch_size=[128, 128]", "data.batch_size=8", "data.val_fraction=0", f"train.steps={args.steps}",
+                "train.log_every=100", "train.checkpoint_every=100000", "train.val_every=100000"]
+        for label, over in configs(alphas):
+            per_run = []
+            for split_name, manifest in splits(args.dataset, args.folds, workdir):
+                for seed in seeds:
+                    name = f"{split_name}_a{label.split('=')[-1] if '=' in label else '0'}_seed{seed}"
+                    r = run_once(name, manifest, base + over + [f"train.seed={seed}"], workdir, metrics=METRICS,
+                                 fresh=args.fresh)
+                    per_run.append(r)
+                    print(f"  {label:18s} {split_name} seed {seed}: " +
+                          " ".join(f"{k}={r['metrics'][k]:.4f}" for k in METRICS), flush=True)
+            rows[label] = per_run
+
+        print(f"\n{args.dataset.upper()}: {args.steps} steps, seeds {seeds}" +
+              (f", {args.folds}-fold CV" if args.dataset == "isbi" else "") + " (mean ± std over runs)\n")
+        print("| loss | Dice (%) | clDice (%) | Betti-0 error | Betti-1 error | runs |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for label, runs in rows.items():
+            vals = {k: [r["metrics"][k] for r in runs] for k in METRICS}
+            print(f"| {label} | {mean_std(vals['dice'], 100)} | {mean_std(vals['cldice'], 100)} | "
+                  f"{mean_std(vals['betti0_error'])} | {mean_std(vals['betti1_error'])} | {len(runs)} |")
+
+    speed = float("nan")
+    if not args.no_speed:
+        speed, table = skeleton_speed()
+        print("\nsoft skeleton, forward + backward (benchmarks/cldice_speed.py):\n" + table)
+
+    if rows:
+        base_label = "soft-Dice"
+        m = {label: {k: mean([r["metrics"][k] for r in runs]) for k in METRICS} for label, runs in rows.items()}
+        b = m[base_label]
+        cands = [lab for lab in m if lab != base_label]
+        ok = [lab for lab in cands if (b["dice"] - m[lab]["dice"]) * 100 <= 0.5] or cands
+        best = max(ok, key=lambda lab: m[lab]["cldice"])
+        print(f"\nbest alpha: {best}")
+        print(f"RESULT cldice_gain={(m[best]['cldice'] - b['cldice']) * 100:.2f} "
+              f"dice_drop={(b['dice'] - m[best]['dice']) * 100:.2f} "
+              f"beta0_change={m[best]['betti0_error'] - b['betti0_error']:.2f} skeleton_speed_vs_monai={speed:.2f}")
+    else:
+        print(f"RESULT skeleton_speed_vs_monai={speed:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Cheap labels on LA_heart_h5 (issue 4): full masks vs tight 2D boxes vs 3D boxes vs points vs scribbles vs tags,
+and 2 masks + boxes vs 2 masks. See benchmarks/sweeps/la_weak.yaml for the rows and la_base.yaml for the setup
+(2.5D slice training, same network, steps and seeds for every row; 3D Dice on the 4 test volumes, 3 seeds).
+
+The DRIVE part of the issue (scribbles: partial CE alone vs partial CE + CRF) is ``--drive``: the 20 DRIVE training
+images get simulated scribbles; partial CE vs partial CE + CRF, 3 seeds, Dice on the 20 test images in the FOV.
+
+Usage:
+  python benchmarks/la_weak.py [--out DIR] [--drive] [--report]
+Ends with: RESULT boxes2d_over_full=<Dice ratio> scribbles_crf_over_full=<ratio> crf_gain=<Dice points, DRIVE>
+mixed_gain=<Dice points of 2 masks + boxes over 2 masks>
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _sweeps import failed, fmt, mean, run_sweep, scores  # noqa: E402
+
+ROWS = [("full masks", "supervised", "full"), ("tight 2D boxes (every slice)", "weak", "boxes2d"),
+        ("3D boxes (per-slice extent)", "weak", "boxes3d"), ("points + CRF", "weak_crf", "points"),
+        ("scribbles + CRF", "weak_crf", "scribbles"), ("tags only", "weak", "tags"),
+        ("2 masks + tight 2D boxes", "weak", "2masks_boxes2d"), ("2 masks only", "supervised", "2masks_unlabelled")]
+DRIVE_ROWS = [("scribbles, partial CE", "weak", "scribbles"), ("scribbles, partial CE + CRF", "weak_crf", "scribbles")]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--drive", action="store_true", help="also run the DRIVE scribbles CE vs CE + CRF sweep")
+    ap.add_argument("--report", action="store_true")
+    args = ap.parse_args()
+    sweep_dir = run_sweep("la_weak", args.out)
+    s = scores(sweep_dir)
+    full = mean(s.get(("supervised", "full"), []))
+    print("\nLA_heart_h5, 16 training volumes, 4 test volumes; 3D Dice (%) mean ± std over seeds\n")
+    print("| annotation | method | Dice (%) | / full masks |\n|---|---|---:|---:|")
+    for label, method, proto in ROWS:
+        v = s.get((method, proto), [])
+        print(f"| {label} | {method} | {fmt(v)} | {mean(v) / full:.3f} |" if v else f"| {label} | {method} | n/a | |")
+    for line in failed(sweep_dir):
+        print("FAILED", line)
+    crf_gain = float("nan")
+    if args.drive:
+        drive_dir = run_sweep("drive_scribbles", None if args.out is None else args.out.parent / "drive_scribbles")
+        d = scores(drive_dir)
+        print("\nDRIVE, 20 training images with simulated scribbles, Dice (%) on the 20 test images in the FOV\n")
+        print("| annotation | Dice (%) |\n|---|---:|")
+        for label, method, proto in DRIVE_ROWS:
+            print(f"| {label} | {fmt(d.get((method, proto), []))} |")
+        crf_gain = (mean(d.get(("weak_crf", "scribbles"), [])) - mean(d.get(("weak", "scribbles"), []))) * 100
+    if args.report:
+        from everylabel.experiments.report import write_report
+
+        print(f"report: {write_report(sweep_dir)['html']}")
+    mixed = (mean(s.get(("weak", "2masks_boxes2d"), [])) - mean(s.get(("supervised", "2masks_unlabelled"), []))) * 100
+    print(f"RESULT boxes2d_over_full={mean(s.get(('weak', 'boxes2d'), [])) / full:.3f} "
+          f"scribbles_crf_over_full={mean(s.get(('weak_crf', 'scribbles'), [])) / full:.3f} "
+          f"crf_gain={crf_gain:.2f} mixed_gain={mixed:.2f}")
+
+
+if __name__ == "__main__":
+    main()
