@@ -1,7 +1,8 @@
 """Run a checked-in sweep file with ``everylabel sweep`` and read its results back (the LA benchmarks use it).
 
 The sweep directory defaults to ``/tmp/everylabel_bench/<sweep name>`` (outside the repository); a re-run skips
-finished runs, so an interrupted benchmark continues where it stopped.
+finished runs, so an interrupted benchmark continues where it stopped. The LA sweeps share one directory
+(``/tmp/everylabel_bench/la``) so that runs common to them (same config, protocol, seed) are trained once.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 SWEEPS = Path(__file__).resolve().parent / "sweeps"
+LA_DIR = Path("/tmp/everylabel_bench/la")
 
 
 def run_sweep(name: str, out: Path | None = None, jobs: int = 1) -> Path:
@@ -25,19 +27,21 @@ def run_sweep(name: str, out: Path | None = None, jobs: int = 1) -> Path:
 
 
 def scores(sweep_dir: Path, metric: str = "dice") -> dict[tuple[str, str], list[float]]:
-    """(method, protocol) -> per-seed run scores (mean over the test cases' foreground classes) of finished runs."""
-    from everylabel.experiments.results import load_results, run_score
+    """(method, protocol) -> per-seed run scores (mean over the test cases' foreground classes) of the finished runs
+    of the sweep last started in ``sweep_dir``."""
+    from everylabel.experiments.report import sweep_rows
+    from everylabel.experiments.results import run_score
 
     out: dict[tuple[str, str], list[float]] = {}
-    for row in load_results(sweep_dir, status="ok"):
+    for row in (r for r in sweep_rows(sweep_dir) if r["status"] == "ok"):
         out.setdefault((row["method"], row["protocol"]), []).append(run_score(row, metric))
     return out
 
 
 def failed(sweep_dir: Path) -> list[str]:
-    from everylabel.experiments.results import load_results
+    from everylabel.experiments.report import sweep_rows
 
-    return [f"{r['name']}: {str(r.get('error'))[:200]}" for r in load_results(sweep_dir, status="failed")]
+    return [f"{r['name']}: {str(r.get('error'))[:200]}" for r in sweep_rows(sweep_dir) if r["status"] != "ok"]
 
 
 def fmt(values: list[float], scale: float = 100.0) -> str:

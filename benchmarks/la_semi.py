@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _sweeps import failed, fmt, mean, run_sweep, scores  # noqa: E402
+from _sweeps import LA_DIR, failed, fmt, mean, run_sweep, scores  # noqa: E402
 
 METHODS = ("supervised", "mean_teacher", "self_training", "mean_taught")
 BUDGETS = ("2masks_unlabelled", "4masks_unlabelled")
@@ -26,7 +26,7 @@ BUDGETS = ("2masks_unlabelled", "4masks_unlabelled")
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=LA_DIR, help="sweep directory (shared by the LA sweeps)")
     ap.add_argument("--report", action="store_true", help="also write the sweep's HTML/Markdown report")
     args = ap.parse_args()
     sweep_dir = run_sweep("la_semi", args.out)

@@ -9,6 +9,7 @@ import math
 import re
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -207,3 +208,14 @@ def test_report_errors(sweep_dir, tmp_path):
     (tmp_path / "empty" / "results").mkdir(parents=True)
     with pytest.raises(ValueError, match="has no finished run yet"):
         write_report(tmp_path / "empty")
+
+
+def test_report_keeps_to_the_runs_of_the_last_sweep_in_a_shared_directory(sweep_dir):
+    from everylabel.experiments.report import sweep_rows
+
+    every = sweep_rows(sweep_dir)
+    mine = sorted(r["name"] for r in every if r["method"] == "alpha")
+    (sweep_dir / "sweep.json").write_text(json.dumps({"name": "alpha_only", "runs": mine}))
+    assert sorted(r["name"] for r in sweep_rows(sweep_dir)) == mine and len(mine) < len(every)
+    text = Path(write_report(sweep_dir)["markdown"]).read_text()
+    assert "beta" not in text and "alpha" in text

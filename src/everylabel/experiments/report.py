@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import html
 import itertools
+import json
 import math
 from pathlib import Path
 
@@ -330,6 +331,19 @@ def _render(title: str, blocks: list[tuple], out: Path) -> tuple[str, str]:
     return "\n".join(md), doc
 
 
+def sweep_rows(sweep_dir: str | Path) -> list[dict]:
+    """The stored rows of the sweep last started in ``sweep_dir``: several sweep files may share one directory (and
+    so their common runs); ``sweep.json`` lists the runs of the last one. Without it, every stored row."""
+    sweep_dir = Path(sweep_dir)
+    rows = load_results(sweep_dir)
+    info = sweep_dir / "sweep.json"
+    if info.is_file():
+        names = set(json.loads(info.read_text(encoding="utf-8")).get("runs", []))
+        if names:
+            rows = [r for r in rows if r["name"] in names]
+    return rows
+
+
 def write_report(sweep_dir: str | Path, out: str | Path | None = None, *, metric: str = "dice",
                  test_unit: str = "case", alpha: float = 0.05) -> dict:
     """Write ``report.md``, ``report.html`` and PNG plots for the sweep in ``sweep_dir`` (results only).
@@ -341,7 +355,7 @@ def write_report(sweep_dir: str | Path, out: str | Path | None = None, *, metric
         ValueError: no results, or ``metric`` was not recorded.
     """
     sweep_dir = Path(sweep_dir)
-    rows = load_results(sweep_dir)
+    rows = sweep_rows(sweep_dir)
     ok = [r for r in rows if r["status"] == "ok"]
     if not ok:
         raise ValueError(f"{sweep_dir} has no finished run yet ({len(rows)} failed)")
