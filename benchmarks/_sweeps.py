@@ -1,24 +1,27 @@
 """Run a checked-in sweep file with ``everylabel sweep`` and read its results back (the LA benchmarks use it).
 
-The sweep directory defaults to ``/tmp/everylabel_bench/<sweep name>`` (outside the repository); a re-run skips
+The sweep directory defaults to ``$EVERYLABEL_BENCH_DIR/<sweep name>`` (default ``/tmp/everylabel_bench``, outside
+the repository); a re-run skips
 finished runs, so an interrupted benchmark continues where it stopped. The LA sweeps share one directory
-(``/tmp/everylabel_bench/la``) so that runs common to them (same config, protocol, seed) are trained once.
+(``$EVERYLABEL_BENCH_DIR/la``) so that runs common to them (same config, protocol, seed) are trained once.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 SWEEPS = Path(__file__).resolve().parent / "sweeps"
-LA_DIR = Path("/tmp/everylabel_bench/la")
+BENCH_DIR = Path(os.environ.get("EVERYLABEL_BENCH_DIR", "/tmp/everylabel_bench"))
+LA_DIR = BENCH_DIR / "la"
 
 
 def run_sweep(name: str, out: Path | None = None, jobs: int = 1) -> Path:
     """``everylabel sweep benchmarks/sweeps/<name>.yaml --out OUT`` (failures are recorded, not raised)."""
-    out = out or Path("/tmp/everylabel_bench") / name
+    out = out or BENCH_DIR / name
     cmd = [sys.executable, "-m", "everylabel", "sweep", str(SWEEPS / f"{name}.yaml"), "--out", str(out),
            "--jobs", str(jobs)]
     print("$", " ".join(cmd), flush=True)

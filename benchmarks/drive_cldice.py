@@ -20,7 +20,8 @@ Usage:
   python benchmarks/drive_cldice.py                             # DRIVE, alphas 0 .1 .2 .3 .5, seeds 0 1 2
   python benchmarks/drive_cldice.py --dataset isbi --alphas 0,0.2,0.3 --seeds 0
   python benchmarks/drive_cldice.py --speed-only                # the skeleton timing vs MONAI alone
-Runs are cached in --workdir (default /tmp/everylabel_bench/cldice_<dataset>); a re-run skips finished runs.
+Runs are cached in --workdir (default $EVERYLABEL_BENCH_DIR/cldice_<dataset>, EVERYLABEL_BENCH_DIR defaulting to
+/tmp/everylabel_bench); a re-run skips finished runs.
 Ends with: RESULT cldice_gain=... dice_drop=... beta0_change=... skeleton_speed_vs_monai=...
 """
 
@@ -84,7 +85,10 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(2)
-    workdir = args.workdir or Path(f"/tmp/everylabel_bench/cldice_{args.dataset}")
+    import os
+
+    bench = Path(os.environ.get("EVERYLABEL_BENCH_DIR", "/tmp/everylabel_bench"))
+    workdir = args.workdir or bench / f"cldice_{args.dataset}"
     workdir.mkdir(parents=True, exist_ok=True)
     alphas = [float(a) for a in args.alphas.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]

@@ -6,8 +6,11 @@ the labelled volumes, mean teacher (Tarvainen & Valpola 2017), self-training wit
 from the unlabelled volumes for the semi-supervised methods. 3D Dice on the 4 test volumes, mean ± std over 3 seeds
 (each seed draws its own labelled volumes, the same ones for every method).
 
+Also DRIVE with 2 of the 20 training images labelled (``--drive``, benchmarks/sweeps/drive_semi.yaml): Dice on the
+20 test images inside the field of view.
+
 Usage:
-  python benchmarks/la_semi.py [--out DIR] [--report]
+  python benchmarks/la_semi.py [--out DIR] [--report] [--drive]
 Ends with: RESULT semi_gain_4labelled=<Dice points of the best semi-supervised method over supervised-only, 4 masks>
 """
 
@@ -28,6 +31,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=LA_DIR, help="sweep directory (shared by the LA sweeps)")
     ap.add_argument("--report", action="store_true", help="also write the sweep's HTML/Markdown report")
+    ap.add_argument("--drive", action="store_true", help="also run DRIVE with 2 of 20 training images labelled")
     args = ap.parse_args()
     sweep_dir = run_sweep("la_semi", args.out)
     s = scores(sweep_dir)
@@ -42,6 +46,12 @@ def main() -> None:
 
         paths = write_report(sweep_dir)
         print(f"report: {paths['html']}")
+    if args.drive:
+        d = scores(run_sweep("drive_semi", args.out.parent / "drive_semi"))
+        print("\nDRIVE, 2 of 20 training images labelled, 18 unlabelled; Dice (%) on the 20 test images in the FOV\n")
+        print("| method | Dice (%) |\n|---|---:|")
+        for m in METHODS:
+            print(f"| {m} | {fmt(d.get((m, '2masks_unlabelled'), []))} |")
     sup = mean(s.get(("supervised", BUDGETS[1]), []))
     best = max(METHODS[1:], key=lambda m: mean(s.get((m, BUDGETS[1]), [])) if s.get((m, BUDGETS[1])) else -1)
     gain2 = max(mean(s.get((m, BUDGETS[0]), [])) for m in METHODS[1:]) - mean(s.get(("supervised", BUDGETS[0]), []))
