@@ -27,7 +27,10 @@ def _drive(index: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     root = DATA / "DRIVE" / "test"
     if not root.exists():
         pytest.skip(f"DRIVE not found at {root}")
-    read = lambda p: np.array(Image.open(p)) > 0
+
+    def read(path):
+        return np.array(Image.open(path)) > 0
+
     first = read(root / "1st_manual" / f"{index:02d}_manual1.gif")
     second = read(root / "2nd_manual" / f"{index:02d}_manual2.gif")
     fov = read(root / "mask" / f"{index:02d}_test_mask.gif")
@@ -44,7 +47,9 @@ def _la_heart() -> np.ndarray:
 
 
 def _monai(pred, ref, spacing, tau):
-    t = lambda x: torch.from_numpy(x[None, None].astype(np.float32))
+    def t(x):
+        return torch.from_numpy(x[None, None].astype(np.float32))
+
     kw = {"include_background": True, "spacing": spacing}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -116,3 +116,20 @@ def test_case_records_valid_region():
     assert math.isnan(row["dice"]) and math.isnan(row["hd"])
     with pytest.raises(ValueError, match="valid must have the shape"):
         case_records(pred, ref, "v", {1: "x"}, valid=valid[:-1])
+
+
+def test_lesion_and_topology_columns_in_case_csv(tmp_path):
+    from everylabel.metrics import LESION_METRICS, compute_metrics
+
+    ref = np.zeros((20, 20), dtype=np.int64)
+    ref[2:6, 2:6] = 1
+    ref[12:16, 12:16] = 1
+    pred = np.zeros_like(ref)
+    pred[3:7, 2:6] = 1  # one lesion found with box IoU 12/20, the other missed
+    names = ("dice", "cldice", *LESION_METRICS)
+    records = case_records(pred, ref, "c1", {1: "lesion"}, metrics=names)
+    rows = list(csv.DictReader(write_case_csv(records, tmp_path / "cases.csv").open()))
+    assert list(rows[0])[-len(names) :] == list(names)
+    want = compute_metrics(pred == 1, ref == 1, metrics=names)
+    assert float(rows[0]["box_iou"]) == want["box_iou"] == pytest.approx(12 / 20)
+    assert float(rows[0]["lesion_sensitivity"]) == 0.5 and float(rows[0]["lesion_fp"]) == 0.0

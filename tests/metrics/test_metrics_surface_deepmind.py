@@ -46,3 +46,25 @@ def test_deepmind_surfel_table_is_verbatim():
 
     for ours, theirs in zip(NEIGHBOUR_CODE_TO_NORMALS, lookup_tables._NEIGHBOUR_CODE_TO_NORMALS, strict=True):
         np.testing.assert_array_equal(np.asarray(ours, float), np.asarray(theirs, float))
+
+
+def test_weighted_percentile_matches_deepmind_order():
+    """The fast path (sorted by distance only) returns what DeepMind's (distance, weight) order returns, also when
+    the target falls exactly on the end of a run of equal distances."""
+    from everylabel.metrics.surface import _weighted_percentile
+
+    def deepmind(distances, weights, q):
+        order = np.lexsort((weights, distances))
+        cumulative = np.cumsum(weights[order]) / np.sum(weights)
+        return distances[order][min(int(np.searchsorted(cumulative, q / 100.0)), len(distances) - 1)]
+
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        n = int(rng.integers(1, 300))
+        d = np.sqrt(rng.integers(0, rng.integers(1, 30), size=n) * 0.64)
+        w = rng.choice(rng.random(3) if rng.random() < 0.5 else np.array([0.25, 0.5, 1.0]), size=n)
+        for q in (0, 5, 50, 95, 100):
+            assert _weighted_percentile(d, w, q) == deepmind(d, w, q)
+    d, w = np.repeat([1.0, 2.0], 10), np.ones(20)  # 95% of 20 equal weights ends exactly after 19 elements
+    assert _weighted_percentile(d, w, 95) == deepmind(d, w, 95) == 2.0
+    assert _weighted_percentile(d, w, 50) == deepmind(d, w, 50) == 1.0

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from skimage.measure import euler_number
+from skimage.measure import euler_number, label, regionprops
 from skimage.morphology import skeletonize
 
 from everylabel.metrics import (
@@ -17,7 +17,9 @@ from everylabel.metrics import (
     cldice,
     compute_metrics,
     euler_characteristic,
+    lesion_boxes,
     lesion_detection,
+    match_boxes,
 )
 
 
@@ -118,14 +120,65 @@ def test_lesion_detection_centre_of_mass_rule():
     assert math.isnan(compute_metrics(pred, np.zeros_like(ref), metrics=("lesion_sensitivity",))["lesion_sensitivity"])
 
 
-def test_box_iou():
-    a = np.zeros((10, 10), dtype=bool)
-    b = np.zeros_like(a)
-    a[0:4, 0:4] = True
-    b[2:6, 2:4] = True  # box 4x2, intersection 2x2
-    assert box_iou(a, b) == pytest.approx(4 / (16 + 8 - 4))
-    assert box_iou(a, np.zeros_like(a)) == 0.0
-    assert math.isnan(box_iou(np.zeros_like(a), np.zeros_like(a)))
+def test_box_iou_pairwise():
+    a = np.array([[0, 0, 4, 4], [5, 5, 6, 8]])
+    b = np.array([[2, 2, 6, 4], [10, 10, 12, 12], [5, 5, 6, 8]])
+    iou = box_iou(a, b)
+    assert iou.shape == (2, 3)
+    np.testing.assert_allclose(iou, [[4 / (16 + 8 - 4), 0, 0], [0, 0, 1]])  # 4x4 vs 4x2 boxes share 2x2
+    cube = np.array([[0, 0, 0, 2, 2, 2]])
+    assert box_iou(cube, cube + np.array([1, 1, 1, 1, 1, 1]))[0, 0] == pytest.approx(1 / 15)
+    assert math.isnan(box_iou(np.array([[1, 1, 1, 3]]), np.array([[1, 1, 1, 3]]))[0, 0])  # empty boxes
+    assert box_iou(np.zeros((0, 4)), b).shape == (0, 3)
+    with pytest.raises(ValueError, match=r"boxes1 must have shape \(N, 2 \* ndim\)"):
+        box_iou(np.zeros((2, 3)), b)
+    with pytest.raises(ValueError, match="same number of axes"):
+        box_iou(cube, b)
+    with pytest.raises(ValueError, match=r"boxes2\[0\] has a maximum below its minimum"):
+        box_iou(a, np.array([[3, 3, 1, 5]]))
+
+
+def test_lesion_boxes_match_regionprops(blobs):
+    for shape in ((40, 44), (18, 16, 14)):
+        mask = blobs(shape, 3, sigma=1.0, fraction=0.15)
+        for connectivity in (1, None):
+            want = [r.bbox for r in regionprops(label(mask, connectivity=connectivity))]
+            got = lesion_boxes(mask, connectivity)
+            assert got.shape == (len(want), 2 * mask.ndim) and len(want) > 3
+            np.testing.assert_array_equal(got, np.asarray(want))
+    assert lesion_boxes(np.zeros((4, 4), dtype=bool)).shape == (0, 4)
+
+
+def test_lesion_box_iou_hand_computed():
+    ref = np.zeros((20, 20), dtype=bool)
+    ref[2:6, 2:6] = True  # lesion 0, box (2, 2, 6, 6)
+    ref[2:4, 15:18] = True  # lesion 1 (labels follow raster order), missed
+    ref[12:16, 12:16] = True  # lesion 2, box (12, 12, 16, 16)
+    pred = np.zeros_like(ref)
+    pred[3:7, 2:6] = True  # box (3, 2, 7, 6): IoU with lesion 0 = 12 / 20
+    pred[12:16, 13:15] = True  # a cross whose box (12, 12, 16, 16) equals lesion 2's: IoU 1
+    pred[13:14, 12:16] = True
+    pred[9:10, 9:10] = True  # false positive, no box overlap
+    assert lesion_boxes(pred).tolist() == [[3, 2, 7, 6], [9, 9, 10, 10], [12, 12, 16, 16]]
+    ref_idx, pred_idx, iou = match_boxes(lesion_boxes(ref), lesion_boxes(pred))
+    assert ref_idx.tolist() == [2, 0] and pred_idx.tolist() == [2, 0]  # by decreasing IoU
+    np.testing.assert_allclose(iou, [1.0, 12 / 20])
+    m = compute_metrics(pred, ref, metrics=LESION_METRICS)
+    assert m["box_iou"] == pytest.approx((1.0 + 12 / 20) / 2)  # the missed lesion 1 is left out
+    assert m["lesion_sensitivity"] == pytest.approx(2 / 3) and m["lesion_fp"] == 1.0
+    empty = np.zeros_like(ref)
+    assert math.isnan(compute_metrics(empty, ref, metrics=("box_iou",))["box_iou"])
+    assert math.isnan(compute_metrics(ref, empty, metrics=("box_iou",))["box_iou"])
+
+
+def test_match_boxes_is_one_to_one():
+    ref = np.array([[0, 0, 4, 4], [0, 0, 4, 5]])
+    pred = np.array([[0, 0, 4, 4]])  # best for both; the first (higher IoU) wins, the second stays unmatched
+    ref_idx, pred_idx, iou = match_boxes(ref, pred)
+    assert ref_idx.tolist() == [0] and pred_idx.tolist() == [0] and iou.tolist() == [1.0]
+    tie = np.array([[0, 0, 2, 2], [0, 0, 2, 2]])
+    assert match_boxes(tie, tie)[0].tolist() == [0, 1] and match_boxes(tie, tie)[1].tolist() == [0, 1]
+    assert match_boxes(np.zeros((0, 4)), pred)[0].size == 0
 
 
 def test_bad_input_messages():

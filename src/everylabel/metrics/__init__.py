@@ -6,12 +6,23 @@ them per metric.
 
 from __future__ import annotations
 
-from everylabel.metrics.compute import DEFAULT_METRICS, METRIC_NAMES, compute_metrics, empty_status
+from everylabel.metrics.compute import (
+    DEFAULT_METRICS,
+    METRIC_NAMES,
+    compute_case_metrics,
+    compute_metrics,
+    empty_status,
+)
 from everylabel.metrics.cumulative import (
     REDUCTIONS,
+    BettiErrorMetric,
+    CaseMetric,
+    ClDiceMetric,
+    CumulativeCaseMetrics,
     CumulativeMetric,
     CumulativeOverlap,
     DiceMetric,
+    LesionMetric,
     MeanIoU,
     reduce_metric,
 )
@@ -24,7 +35,14 @@ from everylabel.metrics.distances import (
     compute_surface_dice,
     compute_surface_metrics,
 )
-from everylabel.metrics.lesion import LESION_METRICS, box_iou, lesion_detection, lesion_metrics
+from everylabel.metrics.lesion import (
+    LESION_METRICS,
+    box_iou,
+    lesion_boxes,
+    lesion_detection,
+    lesion_metrics,
+    match_boxes,
+)
 from everylabel.metrics.overlap import (
     OVERLAP_METRICS,
     Confusion,
@@ -73,11 +91,16 @@ __all__ = [
     "REDUCTIONS",
     "SURFACE_METRICS",
     "TOPOLOGY_METRICS",
+    "BettiErrorMetric",
+    "CaseMetric",
+    "ClDiceMetric",
     "Confusion",
+    "CumulativeCaseMetrics",
     "CumulativeMetric",
     "CumulativeOverlap",
     "DiceMetric",
     "HausdorffDistanceMetric",
+    "LesionMetric",
     "MeanIoU",
     "SurfaceDiceMetric",
     "SurfaceDistanceMetric",
@@ -88,6 +111,7 @@ __all__ = [
     "cldice",
     "compute_accuracy",
     "compute_average_surface_distance",
+    "compute_case_metrics",
     "compute_confusion",
     "compute_dice",
     "compute_hausdorff_distance",
@@ -104,8 +128,10 @@ __all__ = [
     "compute_volume_similarity",
     "empty_status",
     "euler_characteristic",
+    "lesion_boxes",
     "lesion_detection",
     "lesion_metrics",
+    "match_boxes",
     "reduce_metric",
     "summarize",
     "summary_markdown",

@@ -10,6 +10,9 @@ import torch
 
 Array = Any  # numpy.ndarray or torch.Tensor
 
+_NUMPY_DTYPES = {torch.float64, torch.float32, torch.float16, torch.int64, torch.int32, torch.int16, torch.int8,
+                 torch.uint8}  # fmt: skip
+
 
 def as_tensor(x: Array, name: str) -> torch.Tensor:
     """Returns ``x`` as a torch tensor without copying numpy memory where possible."""
@@ -46,6 +49,13 @@ def binary_tensor(x: torch.Tensor, name: str) -> torch.Tensor:
     """Returns ``x`` as a bool tensor, raising ValueError if it holds values other than 0 and 1."""
     if x.dtype == torch.bool:
         return x
+    if x.device.type == "cpu" and x.dtype in _NUMPY_DTYPES:  # numpy: two passes instead of five
+        a = x.detach().numpy()
+        b = a != 0
+        if np.count_nonzero(a == 1) != np.count_nonzero(b):  # some nonzero value is not 1 (or is NaN)
+            found = torch.unique(x)[:6].tolist()
+            raise ValueError(f"{name} must be binary (values 0 and 1 or bool), got values {found}.")
+        return torch.from_numpy(b)
     if x.numel() and not ((x == 0) | (x == 1)).all():
         found = torch.unique(x)[:6].tolist()
         raise ValueError(f"{name} must be binary (values 0 and 1 or bool), got values {found}.")
@@ -65,6 +75,18 @@ def check_spacing(spacing: float | Sequence[float] | None, ndim: int) -> tuple[f
     if not all(np.isfinite(v) and v > 0 for v in values):
         raise ValueError(f"spacing values must be positive and finite, got {values}.")
     return values
+
+
+def per_case_spacing(spacing: Any, batch_size: int) -> list[Any]:
+    """One spacing per case from one spacing for the batch (a number or one value per axis) or one per case."""
+    if spacing is None or np.isscalar(spacing):
+        return [spacing] * batch_size
+    items = list(spacing)
+    if items and all(np.isscalar(s) for s in items):
+        return [items] * batch_size
+    if len(items) != batch_size:
+        raise ValueError(f"spacing per case must have one entry per case ({batch_size}), got {len(items)}.")
+    return items
 
 
 def crop_to_union(pred: np.ndarray, ref: np.ndarray, before: int, after: int) -> tuple[np.ndarray, np.ndarray]:

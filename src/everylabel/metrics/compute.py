@@ -1,4 +1,5 @@
-"""``compute_metrics``: every metric of one binary prediction/reference pair, by name, in one call.
+"""``compute_metrics``: every metric of one binary prediction/reference pair, by name, in one call;
+``compute_case_metrics``: the same over a batch, ``(B, C)`` per name.
 
 Metrics are grouped so that each group's expensive part runs once: one confusion count for all overlap metrics,
 one surface-distance pass (``surface.py``) for all surface metrics, one skeleton / labelling pass for topology
@@ -12,13 +13,13 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from everylabel.metrics._utils import Array, binary_numpy
+from everylabel.metrics._utils import Array, binary_numpy, per_case_spacing
 from everylabel.metrics.lesion import LESION_METRICS, lesion_metrics
-from everylabel.metrics.overlap import OVERLAP_METRICS
+from everylabel.metrics.overlap import OVERLAP_METRICS, _one_hot_pair, _typed, to_one_hot_mask
 from everylabel.metrics.surface import CONVENTIONS, SURFACE_METRICS, compute_surface_distances, surface_metrics
 from everylabel.metrics.topology import TOPOLOGY_METRICS, topology_metrics
 
-__all__ = ["DEFAULT_METRICS", "METRIC_NAMES", "compute_metrics", "empty_status"]
+__all__ = ["DEFAULT_METRICS", "METRIC_NAMES", "compute_case_metrics", "compute_metrics", "empty_status"]
 
 DEFAULT_METRICS: tuple[str, ...] = (*OVERLAP_METRICS, *SURFACE_METRICS)
 """Metrics computed when ``metrics=None`` (topology and lesion metrics are opt-in: skeletons cost more)."""
@@ -120,3 +121,60 @@ def compute_metrics(
     if lesion:
         out.update(lesion_metrics(ps, rs, lesion, connectivity=connectivity))
     return {m: out[m] for m in names}
+
+
+def compute_case_metrics(
+    y_pred: Array,
+    y: Array,
+    metrics: Sequence[str],
+    num_classes: int | None = None,
+    include_background: bool = False,
+    valid: Array | None = None,
+    spacing: float | Sequence[float] | Sequence[Sequence[float]] | None = None,
+    nsd_tolerance: float = 1.0,
+    convention: str = "default",
+    connectivity: int | None = None,
+) -> dict[str, Array]:
+    """``compute_metrics`` for every case and class of a batch, e.g. topology or lesion metrics per class.
+
+    Args:
+        y_pred: binarised prediction, label map ``(B, 1, *S)`` (needs ``num_classes``) or one-hot ``(B, C, *S)``.
+        y: reference, label map or one-hot.
+        metrics: names from ``METRIC_NAMES``.
+        num_classes: number of classes for label-map inputs.
+        include_background: if False (default), channel 0 is dropped.
+        valid: optional binary region ``(B, 1, *S)``; voxels outside it are ignored.
+        spacing: one spacing for the batch (a number or one value per axis) or one per case.
+        nsd_tolerance: NSD tolerance for every class.
+        convention: surface convention, see ``compute_metrics``.
+        connectivity: component connectivity for topology and lesion metrics, see ``compute_metrics``.
+
+    Returns:
+        ``{name: (B, C) float64}``, torch if ``y_pred`` is a tensor, else numpy; NaN where undefined.
+    """
+    names = list(metrics)
+    unknown = [m for m in names if m not in METRIC_NAMES]
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}; expected names from {list(METRIC_NAMES)}.")
+    p, r = _one_hot_pair(y_pred, y, include_background, num_classes)
+    v = None
+    if valid is not None:
+        v = to_one_hot_mask(valid, None, "valid").cpu().numpy()
+        if v.shape[1] != 1 or v.shape[0] != p.shape[0] or v.shape[2:] != p.shape[2:]:
+            raise ValueError(f"valid must have shape {(p.shape[0], 1, *p.shape[2:])}, got {v.shape}.")
+    spacings = per_case_spacing(spacing, p.shape[0])
+    out = {m: np.full(p.shape[:2], np.nan) for m in names}
+    for b, c in np.ndindex(*p.shape[:2]):
+        values = compute_metrics(
+            p[b, c],
+            r[b, c],
+            spacing=spacings[b],
+            metrics=names,
+            nsd_tolerance=nsd_tolerance,
+            convention=convention,
+            valid=None if v is None else v[b, 0],
+            connectivity=connectivity,
+        )
+        for m, value in values.items():
+            out[m][b, c] = value
+    return {m: _typed(value, y_pred) for m, value in out.items()}

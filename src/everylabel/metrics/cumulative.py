@@ -2,6 +2,10 @@
 
 Each call computes a ``(B, C)`` tensor (NaN where undefined) and appends it to a buffer; ``aggregate`` reduces
 the buffer over the defined (non-NaN) values only. Unlike MONAI, a reduction with no defined value is NaN, not 0.
+Overlap metrics come from confusion counts (``DiceMetric``, ``MeanIoU``, ``CumulativeOverlap``); every other
+metric of ``compute_metrics`` is computed per case and class (``CaseMetric``, ``ClDiceMetric``,
+``BettiErrorMetric``, ``LesionMetric``, ``CumulativeCaseMetrics``); the surface-distance classes live in
+``distances.py``.
 """
 
 from __future__ import annotations
@@ -11,9 +15,23 @@ from collections.abc import Sequence
 import torch
 
 from everylabel.metrics._utils import Array, as_tensor
+from everylabel.metrics.compute import METRIC_NAMES, compute_case_metrics
+from everylabel.metrics.lesion import LESION_METRICS
 from everylabel.metrics.overlap import OVERLAP_METRICS, _confusion_tensors
 
-__all__ = ["REDUCTIONS", "CumulativeMetric", "CumulativeOverlap", "DiceMetric", "MeanIoU", "reduce_metric"]
+__all__ = [
+    "REDUCTIONS",
+    "BettiErrorMetric",
+    "CaseMetric",
+    "ClDiceMetric",
+    "CumulativeCaseMetrics",
+    "CumulativeMetric",
+    "CumulativeOverlap",
+    "DiceMetric",
+    "LesionMetric",
+    "MeanIoU",
+    "reduce_metric",
+]
 
 REDUCTIONS = ("none", "mean", "sum", "mean_batch", "sum_batch", "mean_channel", "sum_channel")
 
@@ -193,6 +211,198 @@ class CumulativeOverlap:
         """Per-case values reduced over defined entries, one entry per metric."""
         counts = self.confusion()
         return {m: reduce_metric(OVERLAP_METRICS[m](*counts), reduction or self.reduction)[0] for m in self.metrics}
+
+    def reset(self) -> None:
+        """Clears the buffer."""
+        self._buffer = []
+
+
+class _CaseMetrics:
+    """Arguments shared by the per-case classes, passed on to ``compute_case_metrics``."""
+
+    def _setup(
+        self,
+        names: Sequence[str],
+        include_background: bool,
+        num_classes: int | None,
+        spacing: Sequence[float] | float | None,
+        nsd_tolerance: float,
+        convention: str,
+        connectivity: int | None,
+    ) -> None:
+        unknown = [m for m in names if m not in METRIC_NAMES]
+        if unknown:
+            raise ValueError(f"unknown metrics {unknown}; expected names from {list(METRIC_NAMES)}.")
+        self.names = tuple(names)
+        self.options = {
+            "num_classes": num_classes,
+            "include_background": include_background,
+            "spacing": spacing,
+            "nsd_tolerance": nsd_tolerance,
+            "convention": convention,
+            "connectivity": connectivity,
+        }
+
+    def _values(self, y_pred: Array, y: Array, valid: Array | None) -> dict[str, torch.Tensor]:
+        values = compute_case_metrics(y_pred, y, self.names, valid=valid, **self.options)
+        return {m: torch.as_tensor(v) for m, v in values.items()}
+
+
+class CaseMetric(_CaseMetrics, CumulativeMetric):
+    """Cumulative version of any metric of ``compute_metrics``, computed per case and class by name.
+
+    Useful for the metrics without a confusion-count form: topology (``"cldice"``, ``"betti1_error"``, ...),
+    lesion (``"lesion_sensitivity"``, ``"lesion_fp"``, ``"box_iou"``) or surface metrics with one convention.
+    Definitions and undefined (NaN) cases as in ``compute_metrics``.
+
+    Args:
+        metric_name: a name from ``METRIC_NAMES``.
+        include_background: if False (default), channel 0 is dropped.
+        reduction: default reduction of ``aggregate``.
+        get_not_nans: if True, ``aggregate`` also returns the number of defined values.
+        num_classes: number of classes for label-map inputs ``(B, 1, *S)``; None for one-hot inputs.
+        spacing: voxel spacing for surface metrics (one for every batch).
+        nsd_tolerance: NSD tolerance.
+        convention: surface convention.
+        connectivity: component connectivity for topology and lesion metrics.
+
+    Example:
+        >>> metric = CaseMetric("cldice", num_classes=2)
+        >>> for pred, ref in batches:  # doctest: +SKIP
+        ...     metric(pred, ref)
+        >>> metric.aggregate()  # doctest: +SKIP
+        tensor(0.81, dtype=torch.float64)
+    """
+
+    def __init__(
+        self,
+        metric_name: str,
+        include_background: bool = False,
+        reduction: str = "mean",
+        get_not_nans: bool = False,
+        num_classes: int | None = None,
+        spacing: Sequence[float] | float | None = None,
+        nsd_tolerance: float = 1.0,
+        convention: str = "default",
+        connectivity: int | None = None,
+    ) -> None:
+        CumulativeMetric.__init__(self, reduction, get_not_nans)
+        self._setup((metric_name,), include_background, num_classes, spacing, nsd_tolerance, convention, connectivity)
+        self.metric_name = metric_name
+
+    def _compute(self, y_pred: Array, y: Array, valid: Array | None) -> torch.Tensor:
+        return self._values(y_pred, y, valid)[self.metric_name]
+
+
+class ClDiceMetric(CaseMetric):
+    """Cumulative clDice on hard skeletons (Shit et al. 2021); see ``topology.cldice`` (NaN for empty skeletons).
+
+    Arguments as ``CaseMetric`` without the surface options.
+    """
+
+    def __init__(
+        self,
+        include_background: bool = False,
+        reduction: str = "mean",
+        get_not_nans: bool = False,
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__("cldice", include_background, reduction, get_not_nans, num_classes)
+
+
+class BettiErrorMetric(CaseMetric):
+    """Cumulative Betti-number error ``|b_k(pred) - b_k(ref)|``; see ``topology.topology_metrics``.
+
+    Args:
+        betti: 0 (components), 1 (holes in 2D, tunnels in 3D) or 2 (cavities, 3D only; NaN in 2D).
+        connectivity: foreground connectivity, 1 or ``ndim`` (default).
+        Other arguments as ``CaseMetric``.
+    """
+
+    def __init__(
+        self,
+        betti: int = 0,
+        include_background: bool = False,
+        reduction: str = "mean",
+        get_not_nans: bool = False,
+        num_classes: int | None = None,
+        connectivity: int | None = None,
+    ) -> None:
+        if betti not in (0, 1, 2):
+            raise ValueError(f"betti must be 0, 1 or 2, got {betti}.")
+        super().__init__(f"betti{betti}_error", include_background, reduction, get_not_nans, num_classes,
+                         connectivity=connectivity)  # fmt: skip
+
+
+class LesionMetric(CaseMetric):
+    """Cumulative lesion-level metric: ``"lesion_sensitivity"``, ``"lesion_fp"`` or ``"box_iou"`` (``lesion.py``).
+
+    ``reduction="sum"`` of ``"lesion_fp"`` gives the total number of false positives; ``"mean"`` the false
+    positives per case.
+
+    Args:
+        metric_name: a name from ``LESION_METRICS``.
+        connectivity: component connectivity (1..ndim); None for full connectivity.
+        Other arguments as ``CaseMetric``.
+    """
+
+    def __init__(
+        self,
+        metric_name: str = "lesion_sensitivity",
+        include_background: bool = False,
+        reduction: str = "mean",
+        get_not_nans: bool = False,
+        num_classes: int | None = None,
+        connectivity: int | None = None,
+    ) -> None:
+        if metric_name not in LESION_METRICS:
+            raise ValueError(f"metric_name must be one of {LESION_METRICS}, got {metric_name!r}.")
+        super().__init__(metric_name, include_background, reduction, get_not_nans, num_classes,
+                         connectivity=connectivity)  # fmt: skip
+
+
+class CumulativeCaseMetrics(_CaseMetrics):
+    """Accumulates several metrics of ``compute_metrics`` per case and class, each group's pass shared.
+
+    Args:
+        metrics: names from ``METRIC_NAMES`` (e.g. ``TOPOLOGY_METRICS + LESION_METRICS``).
+        include_background: if False (default), channel 0 is dropped.
+        reduction: default reduction of ``aggregate``.
+        num_classes, spacing, nsd_tolerance, convention, connectivity: as ``CaseMetric``.
+    """
+
+    def __init__(
+        self,
+        metrics: Sequence[str],
+        include_background: bool = False,
+        reduction: str = "mean",
+        num_classes: int | None = None,
+        spacing: Sequence[float] | float | None = None,
+        nsd_tolerance: float = 1.0,
+        convention: str = "default",
+        connectivity: int | None = None,
+    ) -> None:
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}.")
+        self._setup(metrics, include_background, num_classes, spacing, nsd_tolerance, convention, connectivity)
+        self.reduction = reduction
+        self._buffer: list[dict[str, torch.Tensor]] = []
+
+    def __call__(self, y_pred: Array, y: Array, valid: Array | None = None) -> dict[str, torch.Tensor]:
+        """Computes the ``(B, C)`` values of every metric for one batch, stores and returns them."""
+        values = self._values(y_pred, y, valid)
+        self._buffer.append({m: v.detach() for m, v in values.items()})
+        return values
+
+    def get_buffer(self) -> dict[str, torch.Tensor]:
+        """All values accumulated since the last reset, ``{name: (N, C)}``."""
+        if not self._buffer:
+            raise ValueError("CumulativeCaseMetrics has no values: call it on a batch before aggregate().")
+        return {m: torch.cat([b[m] for b in self._buffer], dim=0) for m in self.names}
+
+    def aggregate(self, reduction: str | None = None) -> dict[str, torch.Tensor]:
+        """Per-case values reduced over defined entries, one entry per metric."""
+        return {m: reduce_metric(v, reduction or self.reduction)[0] for m, v in self.get_buffer().items()}
 
     def reset(self) -> None:
         """Clears the buffer."""

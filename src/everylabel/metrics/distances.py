@@ -12,9 +12,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from everylabel.metrics._utils import Array
+from everylabel.metrics._utils import Array, per_case_spacing
 from everylabel.metrics.cumulative import CumulativeMetric
-from everylabel.metrics.overlap import to_one_hot_mask
+from everylabel.metrics.overlap import _one_hot_pair, _typed, to_one_hot_mask
 from everylabel.metrics.surface import SURFACE_METRICS, compute_surface_distances, surface_metrics
 
 __all__ = [
@@ -28,35 +28,6 @@ __all__ = [
 ]
 
 Spacing = float | Sequence[float] | Sequence[Sequence[float]] | None
-
-
-def _per_case_spacing(spacing: Spacing, batch_size: int, ndim: int) -> list[float | Sequence[float] | None]:
-    if spacing is None or np.isscalar(spacing):
-        return [spacing] * batch_size  # type: ignore[list-item]
-    items = list(spacing)  # type: ignore[arg-type]
-    if items and all(np.isscalar(s) for s in items):
-        return [items] * batch_size
-    if len(items) != batch_size:
-        raise ValueError(f"spacing per case must have one entry per case ({batch_size}), got {len(items)}.")
-    return items
-
-
-def _one_hot_pair(
-    y_pred: Array, y: Array, include_background: bool, num_classes: int | None
-) -> tuple[np.ndarray, np.ndarray]:
-    p = to_one_hot_mask(y_pred, num_classes, "y_pred").cpu().numpy()
-    r = to_one_hot_mask(y, num_classes, "y").cpu().numpy()
-    if p.shape != r.shape:
-        raise ValueError(f"y_pred and y must have the same shape after one-hot, got {p.shape} and {r.shape}.")
-    if not include_background:
-        if p.shape[1] < 2:
-            raise ValueError("include_background=False needs at least 2 classes, got 1 channel.")
-        p, r = p[:, 1:], r[:, 1:]
-    return p, r
-
-
-def _typed(values: np.ndarray, like: Array) -> Array:
-    return torch.from_numpy(values).to(like.device) if isinstance(like, torch.Tensor) else values
 
 
 def compute_surface_metrics(
@@ -95,7 +66,7 @@ def compute_surface_metrics(
         tolerances = [float(t) for t in nsd_tolerance]  # type: ignore[union-attr]
     if len(tolerances) != channels:
         raise ValueError(f"nsd_tolerance must have one value per class ({channels}), got {len(tolerances)}.")
-    spacings = _per_case_spacing(spacing, batch, p.ndim - 2)
+    spacings = per_case_spacing(spacing, batch)
     out = {m: np.full((batch, channels), np.nan) for m in metrics}
     for b, c in np.ndindex(batch, channels):
         sd = compute_surface_distances(p[b, c], r[b, c], spacings[b], convention)
@@ -116,7 +87,7 @@ def _directed(
 ) -> Array:
     """Prediction-to-reference distances reduced by max (``percentile=None``), a percentile, or the mean (-1)."""
     p, r = _one_hot_pair(y_pred, y, include_background, num_classes)
-    spacings = _per_case_spacing(spacing, p.shape[0], p.ndim - 2)
+    spacings = per_case_spacing(spacing, p.shape[0])
     out = np.full(p.shape[:2], np.nan)
     for b, c in np.ndindex(*p.shape[:2]):
         sd = compute_surface_distances(p[b, c], r[b, c], spacings[b], convention)

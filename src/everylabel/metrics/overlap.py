@@ -85,6 +85,14 @@ def to_one_hot_mask(x: Array, num_classes: int | None, name: str = "input") -> t
     return t == classes  # (B, C, *S)
 
 
+def _count(x: torch.Tensor) -> torch.Tensor:
+    """Number of true voxels per case and class of a bool ``(B, C, *S)`` tensor, as float64 ``(B, C)``."""
+    if x.device.type != "cpu":
+        return x.sum(dim=tuple(range(2, x.ndim))).double()
+    rows = x.reshape(x.shape[0] * x.shape[1], int(np.prod(x.shape[2:]))).numpy()  # (B * C, N); numpy is faster
+    return torch.tensor([np.count_nonzero(row) for row in rows], dtype=torch.float64).reshape(x.shape[:2])
+
+
 def _confusion_tensors(
     pred: Array,
     ref: Array,
@@ -120,9 +128,9 @@ def _confusion_tensors(
         if p.shape[1] < 2:
             raise ValueError("include_background=False needs at least 2 classes, got 1 channel.")
         p, r, n = p[:, 1:], r[:, 1:], n[:, 1:]
-    tp = (p & r).sum(dim=dims).double()
-    n_pred = p.sum(dim=dims).double()
-    n_ref = r.sum(dim=dims).double()
+    tp = _count(p & r)
+    n_pred = _count(p)
+    n_ref = _count(r)
     fp = n_pred - tp
     fn = n_ref - tp
     tn = n.double() - tp - fp - fn
@@ -131,6 +139,24 @@ def _confusion_tensors(
 
 def _output(x: torch.Tensor, like: Array) -> Array:
     return x if isinstance(like, torch.Tensor) else x.cpu().numpy()
+
+
+def _one_hot_pair(
+    y_pred: Array, y: Array, include_background: bool, num_classes: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    p = to_one_hot_mask(y_pred, num_classes, "y_pred").cpu().numpy()
+    r = to_one_hot_mask(y, num_classes, "y").cpu().numpy()
+    if p.shape != r.shape:
+        raise ValueError(f"y_pred and y must have the same shape after one-hot, got {p.shape} and {r.shape}.")
+    if not include_background:
+        if p.shape[1] < 2:
+            raise ValueError("include_background=False needs at least 2 classes, got 1 channel.")
+        p, r = p[:, 1:], r[:, 1:]
+    return p, r
+
+
+def _typed(values: np.ndarray, like: Array) -> Array:
+    return torch.from_numpy(values).to(like.device) if isinstance(like, torch.Tensor) else values
 
 
 def compute_confusion(

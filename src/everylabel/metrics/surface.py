@@ -2,10 +2,11 @@
 
 ``compute_surface_distances`` finds the surface elements of prediction and reference once, on the bounding box of
 ``pred | ref`` with a one-voxel margin, and the exact Euclidean distance (in physical units via ``spacing``) from
-each to the other surface; ``surface_metrics`` derives every metric from that result. Distances come from a
-KD-tree of the surface coordinates (3-5x faster than two distance transforms on LA-heart volumes) or, when the
-surfaces fill over a quarter of the box, and always for ``"deepmind"``, from ``scipy.ndimage.distance_transform_edt``
-(as DeepMind does, so that ties at the NSD tolerance fall the same way).
+each to the other surface; ``surface_metrics`` derives every metric from that result. The distances come from the
+neighbour search of ``_nearest.py`` (a line distance transform along the finest axis, a search over the other
+axes' offsets sorted by length, a KD-tree for the rare far elements), which returns the numbers of
+``scipy.ndimage.distance_transform_edt`` without transforming the whole box (on 256^3 blob pairs with 1.7 million
+surface voxels, about 0.2 s for both directions on one core where MONAI's KD-trees take about 2.5 s per metric).
 
 Conventions (the references disagree; each is reproduced exactly in its mode):
 
@@ -13,11 +14,14 @@ Conventions (the references disagree; each is reproduced exactly in its mode):
     with a face-connected (4-connected in 2D, 6-connected in 3D) background neighbour, the outside of the image
     counting as background (``mask & ~binary_erosion(mask)``). Distances run between voxel centres, every border
     voxel weighs 1. HD95 is the larger of the two directed 95th percentiles (linear interpolation). Distances
-    are float64 and computed from integer voxel offsets, ``sqrt(sum((k_i * s_i) ** 2))``, identical to
-    ``scipy.ndimage.distance_transform_edt`` (and so to MedPy); an element exactly at the NSD tolerance counts
-    as within it.
-``"monai"``: the same surfaces and definitions, with distances rounded to float32 as ``monai.metrics`` does
-    (so the NSD tolerance test ``d <= tau`` flips at exactly the same voxels). Reproduces
+    are float64 and computed from integer voxel offsets ``k`` as ``distance_transform_edt`` does,
+    ``sqrt(((k_0 s_0) ** 2 + (k_1 s_1) ** 2) + (k_2 s_2) ** 2)``, so they equal MedPy's and DeepMind's (which use
+    that transform) up to the last bit where two offsets tie exactly (``_nearest.py``); an element exactly at the
+    NSD tolerance counts as within it.
+``"monai"``: the same surfaces and definitions, with distances rounded to float32 as ``monai.metrics`` does,
+    so that the NSD tolerance test ``d <= tau`` (float32) flips at the same voxels. (MONAI's CPU KD-tree measures
+    between scaled coordinates and can differ from the default's distances in the last float64 bit, which the
+    float32 rounding removes unless the value lies within that bit of a float32 rounding boundary.) Reproduces
     ``compute_hausdorff_distance`` (``percentile=95``, not directed), ``compute_average_surface_distance``
     (``symmetric=True``) and ``compute_surface_dice`` (``use_subvoxels=False``).
 ``"medpy"``: the default surfaces and metrics (MedPy's ``hd`` and ``assd`` equal MONAI's), but HD95 is MedPy's
@@ -51,9 +55,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from scipy import ndimage
-from scipy.spatial import KDTree
 
+from everylabel.metrics._nearest import border_voxels, nearest_distances_both, parallel_map
 from everylabel.metrics._surfel_tables import NEIGHBOUR_CODE_TO_NORMALS
 from everylabel.metrics._utils import Array, binary_numpy, check_spacing, crop_to_union
 
@@ -93,41 +96,11 @@ class SurfaceDistances:
         return self.pred_to_ref.size > 0 and self.ref_to_pred.size > 0
 
 
-def _nearest_distances(
-    from_border: np.ndarray, to_border: np.ndarray, spacing: tuple[float, ...], method: str
-) -> np.ndarray:
-    """Distance from every ``from_border`` element to the nearest ``to_border`` element, in physical units.
-
-    All methods are exact up to rounding. ``"edt"`` reads a Euclidean distance transform of the box;
-    ``"kdtree"`` finds the nearest element with a KD-tree and then evaluates ``sqrt(sum((k_i * s_i) ** 2))``
-    from the integer voxel offsets ``k`` exactly as the distance transform does, so both give identical numbers
-    and a surface ``k`` voxels away along axis ``i`` is at distance ``k * s_i`` exactly; ``"monai"`` returns the
-    KD-tree distance between scaled coordinates (MONAI's CPU path), which can differ from that in the last bit.
-    """
-    if method == "edt":
-        return ndimage.distance_transform_edt(~to_border, sampling=spacing)[from_border]
-    scale = np.asarray(spacing, dtype=np.float64)
-    to_idx = np.argwhere(to_border)
-    from_idx = np.argwhere(from_border)
-    tree = KDTree(to_idx * scale, leafsize=32)
-    distances, nearest = tree.query(from_idx * scale, k=1)
-    if method == "monai":
-        return distances
-    offsets = (to_idx[nearest] - from_idx).astype(np.float64) * scale  # (N, ndim)
-    return np.sqrt(np.add.reduce(offsets * offsets, axis=1))
-
-
-def _voxel_surfaces(
-    pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...], method: str | None
-) -> tuple[np.ndarray, ...]:
+def _voxel_surfaces(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...]) -> tuple[np.ndarray, ...]:
     p, r = crop_to_union(pred, ref, 1, 1)
-    border_p = p & ~ndimage.binary_erosion(p)
-    border_r = r & ~ndimage.binary_erosion(r)
-    if method is None:  # a distance transform pays off only when surfaces fill much of the box
-        dense = np.count_nonzero(border_p) + np.count_nonzero(border_r) > p.size // 4
-        method = "edt" if dense else "kdtree"
-    d_pr = _nearest_distances(border_p, border_r, spacing, method)
-    d_rp = _nearest_distances(border_r, border_p, spacing, method)
+    border_p, border_r = parallel_map(border_voxels, (p, r), p.size)
+    del p, r  # the crops are not needed any more (memory)
+    d_pr, d_rp = nearest_distances_both(border_p, border_r, spacing)
     return d_pr, d_rp, np.ones_like(d_pr), np.ones_like(d_rp)
 
 
@@ -155,16 +128,17 @@ def _surfel_sizes(spacing: tuple[float, ...]) -> np.ndarray:
 def _corner_codes(mask: np.ndarray) -> np.ndarray:
     """Neighbourhood code of every voxel corner: bit ``2**(2**d - 1 - i)`` set if the i-th voxel is foreground.
 
+    The i-th voxel of a corner's 2x2(x2) neighbourhood is the i-th offset in ``np.ndindex(2, 2[, 2])`` order.
     ``mask`` carries one zero layer at the start and the end of every axis; corner ``j`` sits between voxels
-    ``j`` and ``j + 1`` of ``mask``, so the output has one entry fewer per axis.
+    ``j`` and ``j + 1`` of ``mask``, so the output (uint8) has one entry fewer per axis.
     """
-    ndim = mask.ndim
-    out_shape = tuple(s - 1 for s in mask.shape)
-    code = np.zeros(out_shape, dtype=np.int32)
-    n_bits = 2**ndim
-    for i, offset in enumerate(np.ndindex(*([2] * ndim))):
-        window = tuple(slice(o, o + s) for o, s in zip(offset, out_shape))
-        code |= mask[window].astype(np.int32) << (n_bits - 1 - i)
+    code = mask.view(np.uint8)
+    for axis in range(mask.ndim - 1, -1, -1):  # the last axis holds the lowest bit of each pair
+        lo = [slice(None)] * mask.ndim
+        hi = list(lo)
+        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+        bits = 2 ** (mask.ndim - 1 - axis)
+        code = (code[tuple(lo)] << np.uint8(bits)) | code[tuple(hi)]
     return code
 
 
@@ -172,11 +146,10 @@ def _corner_surfaces(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ..
     full = 2 ** (2**pred.ndim) - 1
     sizes = _surfel_sizes(spacing)
     p, r = crop_to_union(pred, ref, 1, 1)
-    code_p, code_r = _corner_codes(p), _corner_codes(r)
+    code_p, code_r = parallel_map(_corner_codes, (p, r), p.size)
     border_p = (code_p != 0) & (code_p != full)
     border_r = (code_r != 0) & (code_r != full)
-    d_pr = _nearest_distances(border_p, border_r, spacing, "edt")
-    d_rp = _nearest_distances(border_r, border_p, spacing, "edt")
+    d_pr, d_rp = nearest_distances_both(border_p, border_r, spacing)
     return d_pr, d_rp, sizes[code_p[border_p]], sizes[code_r[border_r]]
 
 
@@ -212,7 +185,7 @@ def compute_surface_distances(
     if convention == "deepmind":
         d_pr, d_rp, w_p, w_r = _corner_surfaces(p, r, sp)
     else:
-        d_pr, d_rp, w_p, w_r = _voxel_surfaces(p, r, sp, "monai" if convention == "monai" else None)
+        d_pr, d_rp, w_p, w_r = _voxel_surfaces(p, r, sp)
         if convention == "monai":
             d_pr = d_pr.astype(np.float32).astype(np.float64)
             d_rp = d_rp.astype(np.float32).astype(np.float64)
@@ -220,16 +193,33 @@ def compute_surface_distances(
 
 
 def _weighted_percentile(distances: np.ndarray, weights: np.ndarray, q: float) -> float:
-    """DeepMind's robust percentile: smallest distance whose cumulative normalised weight reaches ``q`` percent."""
+    """DeepMind's robust percentile: smallest distance whose cumulative normalised weight reaches ``q`` percent.
+
+    DeepMind accumulates the weights sorted by distance, then by weight. Sorting by distance alone is much faster
+    and finds the same distance unless the cumulative sum ends a run of equal distances within its rounding error
+    of the target; only then is DeepMind's order reproduced.
+    """
+    order = np.argsort(distances)
+    d = distances[order]
+    total = np.sum(weights)
+    cumulative = np.cumsum(weights[order]) / total
+    target = q / 100.0
+    idx = min(int(np.searchsorted(cumulative, target)), d.size - 1)
+    start, stop = np.searchsorted(d, d[idx], "left"), np.searchsorted(d, d[idx], "right")  # the run of d[idx]
+    slack = 4 * d.size * np.finfo(np.float64).eps  # bounds the effect of summing in another order
+    clear_before = start == 0 or cumulative[start - 1] < target - slack
+    clear_after = stop == d.size or cumulative[stop - 1] > target + slack
+    if clear_before and clear_after:
+        return float(d[idx])
     order = np.lexsort((weights, distances))
     d, w = distances[order], weights[order]
     cumulative = np.cumsum(w) / np.sum(w)
-    idx = int(np.searchsorted(cumulative, q / 100.0))
+    idx = int(np.searchsorted(cumulative, target))
     return float(d[min(idx, len(d) - 1)])
 
 
-def _mean(d: np.ndarray, w: np.ndarray) -> float:
-    return float(np.sum(d * w) / np.sum(w))
+def _mean(d: np.ndarray, w: np.ndarray, unit: bool) -> float:
+    return float(np.sum(d) / d.size) if unit else float(np.sum(d * w) / np.sum(w))
 
 
 def _percentile(sd: SurfaceDistances, q: float) -> float:
@@ -243,10 +233,13 @@ def _percentile(sd: SurfaceDistances, q: float) -> float:
     return max(float(np.percentile(sd.pred_to_ref, q)), float(np.percentile(sd.ref_to_pred, q)))
 
 
-def _nsd(sd: SurfaceDistances, tolerance: float) -> float:
+def _nsd(sd: SurfaceDistances, tolerance: float, unit: bool) -> float:
     d_pr, d_rp = sd.pred_to_ref, sd.ref_to_pred
     if sd.convention == "monai":  # MONAI compares float32 distances with a float32 tolerance
-        d_pr, d_rp, tolerance = d_pr.astype(np.float32), d_rp.astype(np.float32), np.float32(tolerance)
+        tolerance = float(np.float32(tolerance))  # the distances are float32 values already
+    if unit:
+        within = np.count_nonzero(d_pr <= tolerance) + np.count_nonzero(d_rp <= tolerance)
+        return float(within / (d_pr.size + d_rp.size))
     within = np.sum(sd.pred_weights[d_pr <= tolerance]) + np.sum(sd.ref_weights[d_rp <= tolerance])
     return float(within / (np.sum(sd.pred_weights) + np.sum(sd.ref_weights)))
 
@@ -277,6 +270,7 @@ def surface_metrics(
         raise ValueError(f"percentile must lie in [0, 100], got {percentile}.")
     if not sd.defined:
         return {m: math.nan for m in metrics}
+    unit = sd.convention != "deepmind"  # every border voxel weighs 1: plain sums and counts, same numbers
     out: dict[str, float] = {}
     for m in metrics:
         if m == "hd":
@@ -284,12 +278,17 @@ def surface_metrics(
         elif m == "hd95":
             out[m] = _percentile(sd, percentile)
         elif m == "assd":
-            total = np.sum(sd.pred_to_ref * sd.pred_weights) + np.sum(sd.ref_to_pred * sd.ref_weights)
-            out[m] = float(total / (np.sum(sd.pred_weights) + np.sum(sd.ref_weights)))
+            if unit:
+                total = np.sum(sd.pred_to_ref) + np.sum(sd.ref_to_pred)
+                out[m] = float(total / (sd.pred_to_ref.size + sd.ref_to_pred.size))
+            else:
+                total = np.sum(sd.pred_to_ref * sd.pred_weights) + np.sum(sd.ref_to_pred * sd.ref_weights)
+                out[m] = float(total / (np.sum(sd.pred_weights) + np.sum(sd.ref_weights)))
         elif m == "masd":
-            out[m] = 0.5 * (_mean(sd.pred_to_ref, sd.pred_weights) + _mean(sd.ref_to_pred, sd.ref_weights))
+            means = _mean(sd.pred_to_ref, sd.pred_weights, unit), _mean(sd.ref_to_pred, sd.ref_weights, unit)
+            out[m] = 0.5 * (means[0] + means[1])
         elif m == "avg_hausdorff":
-            out[m] = max(_mean(sd.pred_to_ref, sd.pred_weights), _mean(sd.ref_to_pred, sd.ref_weights))
+            out[m] = max(_mean(sd.pred_to_ref, sd.pred_weights, unit), _mean(sd.ref_to_pred, sd.ref_weights, unit))
         else:
-            out[m] = _nsd(sd, nsd_tolerance)
+            out[m] = _nsd(sd, nsd_tolerance, unit)
     return out
