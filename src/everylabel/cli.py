@@ -29,7 +29,8 @@ def main() -> None:
 @click.option("--quick", is_flag=True, help="Check files and annotations without reading every voxel.")
 def check(data: str, quick: bool) -> None:
     """Validate a dataset (manifest or nnU-Net raw folder) and print every problem at once."""
-    from everylabel.data.manifest import load_dataset, validate_manifest
+    from everylabel.data.manifest import load_dataset
+    from everylabel.data.validate import validate_manifest
 
     try:
         manifest = load_dataset(data)

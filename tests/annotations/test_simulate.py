@@ -23,7 +23,8 @@ from everylabel.annotations import (
     simulate_manifest,
     warp_labels,
 )
-from everylabel.data.manifest import load_case, load_manifest, validate_manifest
+from everylabel.data.manifest import load_case, load_manifest
+from everylabel.data.validate import validate_manifest
 
 
 def _labels_2d() -> np.ndarray:

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from everylabel.annotations.kinds import Kind
-from everylabel.data.manifest import load_case, load_manifest, validate_manifest
+from everylabel.data.manifest import load_case, load_manifest
+from everylabel.data.validate import validate_manifest
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "examples" / "manifests"
 DATASET_OF = {

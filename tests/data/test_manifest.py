@@ -9,7 +9,8 @@ import yaml
 from PIL import Image
 
 from everylabel.annotations.kinds import Kind
-from everylabel.data.manifest import CaseSpec, Manifest, load_case, load_dataset, load_manifest, validate_manifest
+from everylabel.data.manifest import CaseSpec, Manifest, load_case, load_dataset, load_manifest
+from everylabel.data.validate import validate_manifest
 
 H, W = 8, 10
 

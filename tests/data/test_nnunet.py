@@ -8,8 +8,9 @@ import pytest
 from PIL import Image
 
 from everylabel.annotations.kinds import Kind
-from everylabel.data.manifest import load_case, load_dataset, validate_manifest
+from everylabel.data.manifest import load_case, load_dataset
 from everylabel.data.nnunet import load_nnunet_raw
+from everylabel.data.validate import validate_manifest
 
 SHAPE = (6, 5, 4)
 

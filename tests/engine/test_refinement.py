@@ -10,8 +10,9 @@ import yaml
 
 from everylabel.annotations.kinds import Kind
 from everylabel.data.io import read_label_raw
-from everylabel.data.manifest import Manifest, load_case, load_manifest, validate_manifest
+from everylabel.data.manifest import Manifest, load_case, load_manifest
 from everylabel.data.synthetic import make_dataset
+from everylabel.data.validate import validate_manifest
 from everylabel.engine import refinement
 from everylabel.engine.refinement import (
     choose_ignore_value,

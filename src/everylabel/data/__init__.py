@@ -20,9 +20,9 @@ from everylabel.data.manifest import (
     load_case,
     load_dataset,
     load_manifest,
-    validate_manifest,
 )
 from everylabel.data.nnunet import load_nnunet_raw
+from everylabel.data.validate import validate_manifest
 
 __all__ = [
     "IMAGE_SUFFIXES",

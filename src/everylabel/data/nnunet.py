@@ -14,7 +14,7 @@ manifest's ``ignore_value``. Region-based labels (a name mapped to a list of int
 integer labels; the regions are kept in ``manifest.extra["regions"]``. 2D natural images (``.png``, ``.bmp``,
 ``.jpg``, ``.tif`` without per-channel files) hold all RGB channels in one ``_0000`` file, as in nnU-Net's
 ``NaturalImage2DIO``. A missing label or channel file is kept in the case list so that
-:func:`~everylabel.data.manifest.validate_manifest` reports it (nnU-Net requires every training label).
+:func:`~everylabel.data.validate.validate_manifest` reports it (nnU-Net requires every training label).
 """
 
 from __future__ import annotations

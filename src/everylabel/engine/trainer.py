@@ -221,7 +221,8 @@ def train(data: str | Path, out_dir: str | Path, cfg: Config, *, resume: bool = 
     Returns:
         The final metrics dict (also written to ``out_dir/metrics.json``).
     """
-    from everylabel.data.manifest import load_case, load_dataset, validate_manifest
+    from everylabel.data.manifest import load_case, load_dataset
+    from everylabel.data.validate import validate_manifest
 
     info = setup_distributed()
     device = pick_device(info)
