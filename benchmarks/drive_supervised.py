@@ -9,20 +9,29 @@ Parts (all by default):
   step   - median time of one training step (forward + backward + AdamW) of everylabel's U-Net at its training
            defaults (bf16 autocast, channels_last) and of MONAI's UNet at its defaults (fp32), similar parameter
            counts, same batch: 2D (8, 3, 128, 128) and 3D (2, 1, 64, 64, 64); interleaved A/B repeats.
-  infer  - sliding-window inference of a 3D U-Net on a 256x256x128 volume with 64^3 windows, overlap 0.5, Gaussian
-           blending: MONAI's sliding_window_inference at its default (one window per batch) vs everylabel's
-           (4 windows per batch) in fp32 (labels compared) and bf16.
+  infer  - sliding-window inference of MONAI's 3D UNet (``monai_unet``, random weights; the same network on both
+           sides) on a 256x256x128 volume with 64^3 windows, overlap 0.5, Gaussian blending: MONAI's
+           sliding_window_inference at its default (one window per call, fp32) vs everylabel's with
+           convention="monai" in fp32 (4 windows per call, its default), in fp32 with 8 windows per call and a
+           channels_last_3d network, and in bf16 autocast likewise; logits and labels compared with MONAI's. The
+           "fast mode" is the quickest of these whose labels are >= 99.9% equal to MONAI's. Interleaved repeats,
+           after a warm-up on a 128x128x64 crop that also checks, one window per call on both sides, that the two
+           give identical logits.
+  infer_unet - (not run by default) the same comparison with everylabel's default 3D U-Net as the network and
+           everylabel's default window placement (4 windows per call, fp32 and bf16).
 
 Usage:
   python benchmarks/drive_supervised.py                      # everything (~30 min on 2 cores)
   python benchmarks/drive_supervised.py --parts step,infer   # the speed parts only (~3 min)
 Ends with: RESULT drive_dice=... train_minutes=... step_ratio_vs_monai=... step_ratio_3d_vs_monai=...
-infer_ratio_vs_monai=...
+infer_ratio_vs_monai=... infer_ratio_bf16_vs_monai=... infer_label_agreement_fp32=... infer_label_agreement_bf16=...
+infer_ratio_fast_vs_monai=...
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import resource
 import statistics
@@ -139,7 +148,70 @@ def step_benchmark(repeats: int) -> dict:
     return out
 
 
+INFER_VOLUME = (1, 1, 256, 256, 128)
+INFER_ROI = (64, 64, 64)
+INFER_CROP = (slice(None), slice(None), slice(0, 128), slice(0, 128), slice(0, 64))  # 9 windows
+INFER_RUNS = {  # everylabel runs with convention="monai": (windows per call, channels_last_3d network, bf16 autocast)
+    "fp32": (4, False, False),  # the library's default batching
+    "fp32_fast": (8, True, False),
+    "bf16": (8, True, True),
+}
+FAST_MIN_AGREEMENT = 0.999  # "fast mode": the quickest run whose labels stay this close to MONAI's
+
+
+def time_runners(runners: dict, repeats: int) -> tuple[dict, dict]:
+    """Interleaved repeats of argument-less callables; returns median seconds and the last output of each."""
+    times: dict = {name: [] for name in runners}
+    outputs = {}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            t = time.perf_counter()
+            outputs[name] = run()
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(v) for name, v in times.items()}, outputs
+
+
+def compare_labels(ref: torch.Tensor, out: torch.Tensor) -> dict:
+    equal = ref.argmax(1) == out.argmax(1)
+    return {"agreement": float(equal.float().mean()), "differing_voxels": int((~equal).sum()),
+            "max_abs_logit_diff": float((ref - out).abs().max())}
+
+
 def infer_benchmark(repeats: int) -> dict:
+    from monai.inferers import sliding_window_inference as monai_swi
+
+    from everylabel.engine.inference import sliding_window_inference
+
+    torch.manual_seed(0)
+    net = monai_unet(3, 1, 2).eval()
+    net_cl = copy.deepcopy(net).to(memory_format=torch.channels_last_3d)
+    vol = torch.randn(INFER_VOLUME)
+
+    def monai(x):
+        return monai_swi(x, INFER_ROI, 1, net, overlap=0.5, mode="gaussian")
+
+    def ours(x, sw_batch_size, channels_last, amp):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            return sliding_window_inference(x, INFER_ROI, net_cl if channels_last else net, overlap=0.5,
+                                            sw_batch_size=sw_batch_size, convention="monai")
+
+    with torch.inference_mode():
+        crop = vol[INFER_CROP]
+        exact = compare_labels(monai(crop), ours(crop, 1, False, False))  # also the warm-up of both
+        for config in INFER_RUNS.values():
+            ours(crop, *config)
+        runners = {"monai": lambda: monai(vol)}
+        runners.update({name: lambda config=config: ours(vol, *config) for name, config in INFER_RUNS.items()})
+        med, out = time_runners(runners, repeats)
+    runs = {name: {"seconds": med[name], "ratio": med["monai"] / med[name], "sw_batch_size": config[0],
+                   "channels_last_3d": config[1], "bf16": config[2], **compare_labels(out["monai"], out[name])}
+            for name, config in INFER_RUNS.items()}
+    passing = [name for name, run in runs.items() if run["agreement"] >= FAST_MIN_AGREEMENT]
+    fast = max(passing, key=lambda name: runs[name]["ratio"], default=None)
+    return {"monai_s": med["monai"], "runs": runs, "fast": fast, "exact_crop": exact, "repeats": repeats}
+
+
+def infer_unet_benchmark(repeats: int) -> dict:
     from monai.inferers import sliding_window_inference as monai_swi
 
     from everylabel.engine.inference import sliding_window_inference
@@ -147,32 +219,29 @@ def infer_benchmark(repeats: int) -> dict:
 
     torch.manual_seed(0)
     net = UNet(3, 1, 2).eval()
-    vol = torch.randn(1, 1, 256, 256, 128)
-    roi = (64, 64, 64)
+    vol = torch.randn(INFER_VOLUME)
 
-    def full(x):
-        return net.predict_logits(x)
+    def ours(amp):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            return sliding_window_inference(vol, INFER_ROI, net.predict_logits, overlap=0.5, sw_batch_size=4)
 
-    res = {"monai": [], "ours_fp32": [], "ours_bf16": []}
-    labels = {}
     with torch.inference_mode():
-        for _ in range(repeats):
-            t = time.perf_counter()
-            a = monai_swi(vol, roi, 1, full, overlap=0.5, mode="gaussian")
-            res["monai"].append(time.perf_counter() - t)
-            t = time.perf_counter()
-            b = sliding_window_inference(vol, roi, full, overlap=0.5, sw_batch_size=4, mode="gaussian")
-            res["ours_fp32"].append(time.perf_counter() - t)
-            t = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                c = sliding_window_inference(vol, roi, full, overlap=0.5, sw_batch_size=4, mode="gaussian")
-            res["ours_bf16"].append(time.perf_counter() - t)
-            labels = {"monai": a.argmax(1), "fp32": b.argmax(1), "bf16": c.argmax(1)}
-    med = {k: statistics.median(v) for k, v in res.items()}
-    return {"monai_s": med["monai"], "ours_fp32_s": med["ours_fp32"], "ours_bf16_s": med["ours_bf16"],
-            "ratio_fp32": med["monai"] / med["ours_fp32"], "ratio_bf16": med["monai"] / med["ours_bf16"],
-            "fp32_label_agreement": float((labels["monai"] == labels["fp32"]).float().mean()),
-            "bf16_label_agreement": float((labels["monai"] == labels["bf16"]).float().mean())}
+        med, out = time_runners({"monai": lambda: monai_swi(vol, INFER_ROI, 1, net.predict_logits, overlap=0.5,
+                                                            mode="gaussian"),
+                                 "fp32": lambda: ours(False), "bf16": lambda: ours(True)}, repeats)
+    return {"monai_s": med["monai"], "ours_fp32_s": med["fp32"], "ours_bf16_s": med["bf16"],
+            "ratio_fp32": med["monai"] / med["fp32"], "ratio_bf16": med["monai"] / med["bf16"],
+            "fp32": compare_labels(out["monai"], out["fp32"]), "bf16": compare_labels(out["monai"], out["bf16"])}
+
+
+def print_infer_table(rows: list, monai_s: float) -> None:
+    print("| runner | time | speed-up vs MONAI | labels equal to MONAI's | differing voxels | max abs logit diff |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, sec, cmp in rows:
+        equal = "-" if cmp is None else f"{100 * cmp['agreement']:.4f}%"
+        differing = "-" if cmp is None else f"{cmp['differing_voxels']}"
+        diff = "-" if cmp is None else f"{cmp['max_abs_logit_diff']:.1e}"
+        print(f"| {name} | {sec:.2f} s | {monai_s / sec:.2f}x | {equal} | {differing} | {diff} |")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -208,14 +277,25 @@ def main(argv=None) -> int:
     if "infer" in parts:
         r = infer_benchmark(max(1, args.repeats // 4))
         results["infer"] = r
-        print("\n## Sliding-window inference, 3D U-Net, 256x256x128 volume, 64^3 windows, overlap 0.5")
-        print("| runner | time | speed-up vs MONAI | labels equal to MONAI's |")
-        print("|---|---:|---:|---:|")
-        print(f"| MONAI sliding_window_inference (sw_batch_size=1, fp32) | {r['monai_s']:.2f} s | 1.00x | - |")
-        print(f"| everylabel (4 windows/batch, fp32) | {r['ours_fp32_s']:.2f} s | {r['ratio_fp32']:.2f}x | "
-              f"{100 * r['fp32_label_agreement']:.4f}% |")
-        print(f"| everylabel (4 windows/batch, bf16) | {r['ours_bf16_s']:.2f} s | {r['ratio_bf16']:.2f}x | "
-              f"{100 * r['bf16_label_agreement']:.4f}% |")
+        print(f"\n## Sliding-window inference, MONAI's 3D UNet on both sides, 256x256x128 volume, 64^3 windows, "
+              f"overlap 0.5, Gaussian (median of {r['repeats']})")
+        rows = [("MONAI `sliding_window_inference` (sw_batch_size=1, fp32)", r["monai_s"], None)]
+        for name, run in r["runs"].items():
+            label = (f'everylabel, convention="monai", {run["sw_batch_size"]} windows/call, '
+                     f'{"bf16" if run["bf16"] else "fp32"}{", channels_last_3d" if run["channels_last_3d"] else ""}')
+            rows.append((label, run["seconds"], run))
+        print_infer_table(rows, r["monai_s"])
+        print(f"fast mode (quickest with labels >= {100 * FAST_MIN_AGREEMENT:g}% equal to MONAI's): {r['fast']}")
+        e = r["exact_crop"]
+        print(f"exactness check, 128x128x64 crop, one window per call on both sides: labels "
+              f"{100 * e['agreement']:.4f}% equal, max |logit difference| {e['max_abs_logit_diff']:.1e}")
+    if "infer_unet" in parts:
+        r = infer_unet_benchmark(max(1, args.repeats // 4))
+        results["infer_unet"] = r
+        print("\n## Sliding-window inference, everylabel's default 3D U-Net on both sides, default placement")
+        print_infer_table([("MONAI `sliding_window_inference` (sw_batch_size=1, fp32)", r["monai_s"], None),
+                           ("everylabel, 4 windows/call, fp32", r["ours_fp32_s"], r["fp32"]),
+                           ("everylabel, 4 windows/call, bf16", r["ours_bf16_s"], r["bf16"])], r["monai_s"])
     if "train" in parts:
         rows = []
         for seed in [int(s) for s in args.seeds.split(",")]:
@@ -248,8 +328,16 @@ def main(argv=None) -> int:
         fields += [f"step_ratio_vs_monai={results['step'][2]['ratio']:.2f}",
                    f"step_ratio_3d_vs_monai={results['step'][3]['ratio']:.2f}"]
     if "infer" in results:
-        fields += [f"infer_ratio_vs_monai={results['infer']['ratio_fp32']:.2f}",
-                   f"infer_ratio_bf16_vs_monai={results['infer']['ratio_bf16']:.2f}"]
+        runs = results["infer"]["runs"]
+        fields += [f"infer_ratio_vs_monai={runs['fp32']['ratio']:.2f}",
+                   f"infer_ratio_bf16_vs_monai={runs['bf16']['ratio']:.2f}",
+                   f"infer_label_agreement_fp32={runs['fp32']['agreement']:.7f}",
+                   f"infer_label_agreement_bf16={runs['bf16']['agreement']:.7f}"]
+        if results["infer"]["fast"] is not None:
+            fields.append(f"infer_ratio_fast_vs_monai={runs[results['infer']['fast']]['ratio']:.2f}")
+    if "infer_unet" in results:
+        fields += [f"infer_unet_ratio_vs_monai={results['infer_unet']['ratio_fp32']:.2f}",
+                   f"infer_unet_ratio_bf16_vs_monai={results['infer_unet']['ratio_bf16']:.2f}"]
     print("RESULT " + " ".join(fields))
     if tmp is not None:
         tmp.cleanup()

@@ -10,6 +10,7 @@ from torch import nn
 from everylabel.engine.inference import compute_window_starts, gaussian_importance_map, sliding_window_inference
 
 monai_inferers = pytest.importorskip("monai.inferers")
+monai_data_utils = pytest.importorskip("monai.data.utils")
 
 
 def _conv(spatial_dims: int, in_ch: int, out_ch: int, kernel: int) -> nn.Module:
@@ -107,6 +108,61 @@ def test_conv_net_labels_agree_with_whole_image_and_monai(shape, roi):
     assert (ours == ref).float().mean() > 0.98
 
 
+MONAI_CASES = [  # (shape, roi, overlap): several grids, a shortened last step, padding on some or all axes, batch > 1
+    ((2, 2, 70, 45), (32, 24), 0.5),
+    ((1, 1, 50, 37), (16, 16), 0.6),
+    ((3, 1, 10, 40), (16, 16), 0.25),
+    ((1, 2, 33, 29), (8, 8), 0.0),
+    ((2, 1, 30, 26, 21), (16, 16, 12), 0.25),
+    ((1, 2, 9, 40, 33), (16, 16, 16), 0.5),
+    ((2, 1, 5, 12, 7), (16, 16, 16), 0.5),
+    ((1, 1, 28, 24, 21), (16, 24, 8), 0.75),
+]
+
+
+@pytest.mark.parametrize("mode", ["gaussian", "constant"])
+@pytest.mark.parametrize("shape, roi, overlap", MONAI_CASES)
+def test_monai_convention_equals_monai(mode, shape, roi, overlap):
+    # A 3x3(x3) conv net sees the window borders, so any difference in placement, padding or weights would show.
+    x = torch.randn(shape)
+    net = _small_net(len(shape) - 2, shape[1], 3)
+    ours = sliding_window_inference(x, roi, net, overlap=overlap, mode=mode, sw_batch_size=2, convention="monai")
+    with torch.no_grad():
+        ref = monai_inferers.sliding_window_inference(x, roi, 2, net, overlap=overlap, mode=mode)
+    assert torch.equal(ours, ref)  # same windows per predictor call: same float operations in the same order
+
+
+@pytest.mark.parametrize("sigma_scale", [0.125, 0.3, (0.1, 0.2)])
+@pytest.mark.parametrize("shape, roi, overlap", [MONAI_CASES[0], MONAI_CASES[2], MONAI_CASES[5]])
+def test_monai_convention_with_other_batching_and_sigma(sigma_scale, shape, roi, overlap):
+    # MONAI at its default sw_batch_size=1 against our 3 windows per call: PyTorch may pick another convolution
+    # kernel for another batch size, so the logits agree to float tolerance and the labels exactly.
+    if len(roi) == 3 and not isinstance(sigma_scale, float):
+        sigma_scale = (*sigma_scale, 0.15)
+    x = torch.randn(shape)
+    net = _small_net(len(shape) - 2, shape[1], 3)
+    ours = sliding_window_inference(
+        x, roi, net, overlap=overlap, sigma_scale=sigma_scale, sw_batch_size=3, convention="monai"
+    )
+    with torch.no_grad():
+        ref = monai_inferers.sliding_window_inference(
+            x, roi, 1, net, overlap=overlap, mode="gaussian", sigma_scale=sigma_scale
+        )
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+    assert torch.equal(ours.argmax(1), ref.argmax(1))
+
+
+def test_monai_convention_with_unet():
+    monai_nets = pytest.importorskip("monai.networks.nets")
+    torch.manual_seed(0)
+    net = monai_nets.UNet(3, 1, 2, channels=(4, 8, 16), strides=(2, 2), num_res_units=1).eval()
+    x = torch.randn(2, 1, 20, 17, 12)  # the UNet of the benchmark in small: instance norm, PReLU, residual units
+    ours = sliding_window_inference(x, (12, 12, 12), net, overlap=0.5, sw_batch_size=1, convention="monai")
+    with torch.no_grad():
+        ref = monai_inferers.sliding_window_inference(x, (12, 12, 12), 1, net, overlap=0.5, mode="gaussian")
+    assert torch.equal(ours, ref)
+
+
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_tta_flips_with_flip_equivariant_predictor(spatial_dims):
     torch.manual_seed(0)
@@ -168,6 +224,28 @@ def test_window_starts_cover_the_image_flush():
         assert all(0 < b - a <= roi * 0.5 for a, b in itertools.pairwise(s))
 
 
+def test_window_starts_monai_convention_match_dense_patch_slices():
+    get_scan_interval = monai_inferers.utils._get_scan_interval
+    for roi, image, overlap in itertools.product(range(1, 20), range(1, 50), (0.0, 0.25, 0.4, 0.5, 0.6, 0.75, 0.9)):
+        image = max(image, roi)  # padded size
+        interval = get_scan_interval((image,), (roi,), 1, (overlap,))
+        ref = [s[0].start for s in monai_data_utils.dense_patch_slices((image,), (roi,), interval)]
+        assert compute_window_starts((image,), (roi,), overlap, convention="monai") == [ref], (roi, image, overlap)
+    starts = compute_window_starts((70, 45, 64), (32, 24, 64), 0.5, convention="monai")
+    assert starts == [[0, 16, 32, 38], [0, 12, 21], [0]]
+
+
+@pytest.mark.parametrize(
+    "roi, sigma_scale",
+    [((9, 16), 0.125), ((64, 64, 64), 0.125), ((32, 32), 0.3), ((7, 10, 5), (0.1, 0.2, 0.5)), ((3,), 0.02)],
+)
+def test_gaussian_importance_map_monai_convention(roi, sigma_scale):
+    ours = gaussian_importance_map(roi, sigma_scale, convention="monai")
+    ref = monai_data_utils.compute_importance_map(roi, mode="gaussian", sigma_scale=sigma_scale)
+    assert torch.equal(ours, ref)
+    assert ours.min() >= 1e-3
+
+
 def test_gaussian_importance_map():
     w = gaussian_importance_map((9, 16))
     assert w.shape == (9, 16)
@@ -192,6 +270,7 @@ def test_gaussian_importance_map():
         ({"overlap": 1.0}, r"overlap must be in \[0, 1\)"),
         ({"sw_batch_size": 0}, "sw_batch_size must be a positive integer"),
         ({"mode": "linear"}, "mode must be one of"),
+        ({"convention": "MONAI"}, r"convention must be one of \('nnunet', 'monai'\), got 'MONAI'"),
         ({"num_classes": 3}, "predictor returned 1 channels, expected 3"),
         ({"predictor": lambda w: w[..., :4]}, "predictor must keep the window size"),
         ({"predictor": lambda w: w[:1]}, "predictor must return logits of shape"),

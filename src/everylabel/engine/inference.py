@@ -5,6 +5,12 @@ biomedical image segmentation", Nature Methods 2021, ``compute_steps_for_sliding
 axis is the smallest that keeps the step at most ``roi * (1 - overlap)``, and the windows are spread evenly so that
 the first one starts at 0 and the last one ends flush with the border. Overlapping predictions are blended with a
 Gaussian importance map (centre pixels count more than border pixels), as nnU-Net and MONAI do.
+
+``convention="monai"`` reproduces MONAI's ``monai.inferers.sliding_window_inference`` instead (Cardoso et al., "MONAI:
+An open-source framework for deep learning in healthcare", arXiv:2211.02701, 2022): windows on a fixed grid of step
+``int(roi * (1 - overlap))`` with the last one moved back inside the image, MONAI's Gaussian map (not normalised,
+raised to at least 1e-3) and its floating-point order of operations, so that with the same predictor the blended
+logits equal MONAI's.
 """
 
 from __future__ import annotations
@@ -21,12 +27,14 @@ from torch import Tensor
 __all__ = ["compute_window_starts", "gaussian_importance_map", "sliding_window_inference"]
 
 BLEND_MODES = ("gaussian", "constant")
+CONVENTIONS = ("nnunet", "monai")
 
 
 def gaussian_importance_map(
     roi_size: Sequence[int],
     sigma_scale: float | Sequence[float] = 0.125,
     *,
+    convention: str = "nnunet",
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
@@ -35,6 +43,9 @@ def gaussian_importance_map(
     Args:
         roi_size: window size, one entry per spatial axis.
         sigma_scale: standard deviation as a fraction of the window size (per axis or one for all).
+        convention: ``"nnunet"``: computed in float64, divided by its maximum, only underflowed zeros raised;
+            ``"monai"``: MONAI's ``compute_importance_map`` (float32 product of unnormalised 1D Gaussians, values
+            below 1e-3 raised to 1e-3), value for value.
         device: device of the returned map.
         dtype: dtype of the returned map.
 
@@ -42,7 +53,7 @@ def gaussian_importance_map(
         - returns: ``roi_size``
 
     Returns:
-        Weights with maximum 1 at the centre and every value > 0.
+        Weights with every value > 0, largest at the centre (1 with ``"nnunet"``).
     """
     roi_size = _check_sizes(roi_size, "roi_size")
     scales = (sigma_scale,) * len(roi_size) if isinstance(sigma_scale, (int, float)) else tuple(sigma_scale)
@@ -50,6 +61,9 @@ def gaussian_importance_map(
         raise ValueError(
             f"sigma_scale must be a positive number or {len(roi_size)} positive numbers, got {sigma_scale!r}."
         )
+    _check_convention(convention)
+    if convention == "monai":
+        return _monai_importance_map(roi_size, scales).to(device=device, dtype=dtype)
     weights = torch.ones((), dtype=torch.float64)
     for axis, (size, scale) in enumerate(zip(roi_size, scales)):
         coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
@@ -62,21 +76,44 @@ def gaussian_importance_map(
     return weights.to(device)
 
 
-def compute_window_starts(image_size: Sequence[int], roi_size: Sequence[int], overlap: float) -> list[list[int]]:
-    """Start index of every window along every axis (nnU-Net's ``compute_steps_for_sliding_window``).
+def _monai_importance_map(roi_size: tuple[int, ...], scales: tuple[float, ...]) -> Tensor:
+    """MONAI 1.x ``compute_importance_map(mode="gaussian")`` with the same float32 operations in the same order."""
+    weights = torch.ones(())
+    for axis, (size, scale) in enumerate(zip(roi_size, scales)):
+        sigma = size * scale
+        coords = torch.arange(start=-(size - 1) / 2.0, end=(size - 1) / 2.0 + 1, dtype=torch.float)
+        profile = torch.exp(coords**2 / (-2 * sigma**2))
+        weights = weights.unsqueeze(-1) * profile if axis > 0 else profile
+    return weights.clamp_(min=max(weights.min().item(), 1e-3))
+
+
+def compute_window_starts(
+    image_size: Sequence[int], roi_size: Sequence[int], overlap: float, convention: str = "nnunet"
+) -> list[list[int]]:
+    """Start index of every window along every axis.
 
     Args:
         image_size: spatial size of the (padded) image; every entry must be >= the matching ``roi_size`` entry.
         roi_size: window size.
         overlap: fraction of the window shared by neighbouring windows, in ``[0, 1)``.
+        convention: ``"nnunet"`` (``compute_steps_for_sliding_window``: the fewest windows whose step is at most
+            ``roi * (1 - overlap)``, spread evenly) or ``"monai"`` (``dense_patch_slices``: step
+            ``int(roi * (1 - overlap))``, the whole image when ``roi == image``, the last window moved back to end
+            at the border, so the last step can be shorter).
 
     Returns:
         One ascending list of start indices per axis; the first is 0 and the last is ``image - roi``.
     """
+    _check_convention(convention)
     starts = []
     for image, roi in zip(image_size, roi_size):
         if image < roi:
             raise ValueError(f"image size {tuple(image_size)} is smaller than roi_size {tuple(roi_size)}; pad first.")
+        if convention == "monai":
+            step = roi if roi == image else max(int(roi * (1 - overlap)), 1)
+            num = next(i for i in itertools.count() if i * step + roi >= image) + 1
+            starts.append([min(i * step, image - roi) for i in range(num)])
+            continue
         target_step = max(roi * (1.0 - overlap), 1.0)
         num = math.ceil((image - roi) / target_step) + 1
         step = (image - roi) / (num - 1) if num > 1 else 0.0
@@ -93,6 +130,7 @@ def sliding_window_inference(
     sw_batch_size: int = 4,
     mode: str = "gaussian",
     sigma_scale: float | Sequence[float] = 0.125,
+    convention: str = "nnunet",
     tta_flips: bool = False,
     num_classes: int | None = None,
     device: torch.device | str | None = None,
@@ -110,6 +148,12 @@ def sliding_window_inference(
         sw_batch_size: number of windows per ``predictor`` call.
         mode: ``"gaussian"`` (weights from :func:`gaussian_importance_map`) or ``"constant"`` (plain average).
         sigma_scale: Gaussian standard deviation as a fraction of the window size.
+        convention: ``"nnunet"`` (windows spread evenly, Gaussian without a floor) or ``"monai"``: window starts,
+            padding, Gaussian map and blending arithmetic of MONAI's ``sliding_window_inference``, so that for float32
+            inputs and the same predictor the result equals MONAI's (``mode``, ``overlap`` and ``sigma_scale`` as
+            there; MONAI's defaults are ``overlap=0.25``, ``mode="constant"``, ``sw_batch_size=1``). Batching more
+            windows per call than MONAI can still change the predictor's own output in the last bits, because
+            PyTorch picks convolution kernels by batch size.
         tta_flips: average every window over all flips of its spatial axes (2**D predictions per window, mirror
             test-time augmentation as in nnU-Net).
         num_classes: number of output channels N; inferred from the first prediction when None.
@@ -130,15 +174,16 @@ def sliding_window_inference(
         torch.Size([1, 2, 100, 90])
     """
     roi_size = _check_arguments(inputs, roi_size, overlap, sw_batch_size, mode, num_classes)
+    _check_convention(convention)
     out_device = inputs.device
     run_device = torch.device(device) if device is not None else out_device
     batch, spatial_dims, image_size = inputs.shape[0], inputs.ndim - 2, tuple(inputs.shape[2:])
     pad = [max(r - s, 0) for r, s in zip(roi_size, image_size)]
     padded_size = tuple(s + p for s, p in zip(image_size, pad))
 
-    starts = list(itertools.product(*compute_window_starts(padded_size, roi_size, overlap)))
+    starts = list(itertools.product(*compute_window_starts(padded_size, roi_size, overlap, convention)))
     if mode == "gaussian":
-        importance = gaussian_importance_map(roi_size, sigma_scale, device=out_device)
+        importance = gaussian_importance_map(roi_size, sigma_scale, convention=convention, device=out_device)
     else:
         importance = torch.ones(roi_size, device=out_device)
     weight = torch.zeros(padded_size, device=out_device)  # one map serves every image of the batch
@@ -175,7 +220,11 @@ def sliding_window_inference(
                     f"(num_classes or the first prediction)."
                 )
             for (b, start), window_logits in zip(chunk, logits):
-                output[(b, slice(None), *_window(start, roi_size))].addcmul_(window_logits, importance)
+                target = output[(b, slice(None), *_window(start, roi_size))]
+                if convention == "monai":  # MONAI rounds the product before the sum; addcmul_ would fuse them
+                    target += window_logits * importance
+                else:
+                    target.addcmul_(window_logits, importance)
 
     assert output is not None  # internal: batch >= 1 and at least one window, so something was predicted
     output /= weight
@@ -265,6 +314,11 @@ def _check_arguments(
     if num_classes is not None and not _is_positive_int(num_classes):
         raise ValueError(f"num_classes must be a positive integer or None, got {num_classes!r}.")
     return roi_size
+
+
+def _check_convention(convention: str) -> None:
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}.")
 
 
 def _predict(predictor: Callable, windows: Tensor, axes: tuple[int, ...], roi_size: tuple[int, ...]) -> Tensor:
