@@ -234,8 +234,9 @@ def _number(value: float):
     return int(value) if float(value).is_integer() else float(value)
 
 
-def _original_entry(manifest, case, out_dir: Path, relative: bool, dense: bool = True, sparse: bool = True) -> dict:
-    """The case as a manifest mapping with paths rewritten for ``out_dir``; label settings made case-level."""
+def case_entry(manifest, case, out_dir: Path, relative: bool, dense: bool = True, sparse: bool = True) -> dict:
+    """A manifest case as a mapping for a new manifest written in ``out_dir`` (paths rewritten, relative to it when
+    ``relative``; label settings made case-level). ``dense`` / ``sparse`` keep the case's mask / sparse labels."""
     def rel(p: str) -> str:
         return _relative(p, out_dir, relative)
 
@@ -332,11 +333,11 @@ def _simulate_case(manifest, case, steps: list[Step], seed: int, out_dir: Path, 
     from everylabel.data.manifest import load_case
 
     if [s.kind for s in steps] == ["mask"]:
-        return _original_entry(manifest, case, out_dir, relative), {"status": "unchanged", "steps": ["mask"]}
+        return case_entry(manifest, case, out_dir, relative), {"status": "unchanged", "steps": ["mask"]}
     _, source, meta = load_case(manifest, case)
     if source.dense_kind != Kind.MASK:
         reason = "no full mask" if source.labels is None else f"its dense annotation is {source.dense_kind.value}"
-        return (_original_entry(manifest, case, out_dir, relative),
+        return (case_entry(manifest, case, out_dir, relative),
                 {"status": "skipped", "reason": f"{reason}; simulation needs a full mask"})
     gen = case_rng(seed, case.id)
     parts = []
@@ -347,7 +348,7 @@ def _simulate_case(manifest, case, steps: list[Step], seed: int, out_dir: Path, 
         parts.append(simulate(source.labels, step.kind, gen, **params))
     ann = merge_annotations(parts)
     keep_mask = "mask" in [s.kind for s in steps]
-    entry = _original_entry(manifest, case, out_dir, relative, dense=keep_mask, sparse=False)
+    entry = case_entry(manifest, case, out_dir, relative, dense=keep_mask, sparse=False)
     record: dict = {"status": "simulated", "rng": {"seed_sequence": [int(seed), zlib.crc32(case.id.encode())]},
                     "steps": ann.extra["simulation"]}
     if ann.labels is not None and not keep_mask:
@@ -415,7 +416,7 @@ def simulate_manifest(manifest_path: str | Path, out_dir: str | Path, protocol: 
     for case in manifest.cases:
         steps = parsed.steps_for(case.id, case.split)
         if steps is None:
-            entries.append(_original_entry(manifest, case, out_dir, relative))
+            entries.append(case_entry(manifest, case, out_dir, relative))
             records[case.id] = {"status": "unchanged"}
             continue
         entry, record = _simulate_case(manifest, case, steps, seed, out_dir, relative, unlabelled_value)

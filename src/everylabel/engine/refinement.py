@@ -198,18 +198,18 @@ def write_round_manifest(manifest, path: Path, pseudo: dict[str, Path], *, ignor
     """
     import yaml
 
-    from everylabel.annotations.protocol import _original_entry
+    from everylabel.annotations.protocol import case_entry
     from everylabel.annotations.simulate_common import to_builtin
 
     out_dir = path.parent.absolute()
     entries = []
     for case in manifest.cases:
         if case.id in pseudo:
-            entry = _original_entry(manifest, case, out_dir, True, dense=False, sparse=False)
+            entry = case_entry(manifest, case, out_dir, True, dense=False, sparse=False)
             entry["mask"] = Path(pseudo[case.id]).absolute().relative_to(out_dir).as_posix()
             entry["split"] = cfg.data.train_split
         else:
-            entry = _original_entry(manifest, case, out_dir, True)
+            entry = case_entry(manifest, case, out_dir, True)
             if case.id in val_ids:
                 entry["split"] = cfg.data.val_split
         entries.append(entry)
