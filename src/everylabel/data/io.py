@@ -27,14 +27,14 @@ Every write is atomic: the file is written under a temporary name in the target 
 
 from __future__ import annotations
 
-import os
 import re
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from everylabel._atomic import atomic_write
 
 IMAGE_SUFFIXES: tuple[str, ...] = (
     ".nii.gz", ".nii", ".png", ".tif", ".tiff", ".gif", ".jpg", ".jpeg", ".h5", ".hdf5", ".npy",
@@ -348,16 +348,7 @@ def read_label(path: str | Path, *, key: str | None = None, mapping: dict[int, i
 
 def _atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` on a temporary name beside ``path`` (same suffix), then move it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".tmp-{uuid.uuid4().hex[:12]}{image_suffix(path)}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return atomic_write(path, write)
 
 
 def _label_dtype(labels: np.ndarray, where: str, allowed: Sequence[type]) -> np.dtype:

@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from everylabel._atomic import atomic_write_bytes, atomic_write_text  # noqa: F401 (re-exported)
 
 RESULTS_DIR = "results"
 SCHEMA_VERSION = 1
@@ -39,34 +39,6 @@ RUN_KEYS = ("name", "status", "method", "protocol", "protocol_family", "seed", "
             "n_train_cases", "cost_seconds", "full_mask_seconds", "cost_fraction", "config_hash", "run_hash",
             "wall_seconds", "error")
 """Scalar keys of a row, the columns of :func:`runs_frame` (besides one column per metric)."""
-
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write via a temporary file in the same folder and ``os.replace``; permissions follow the umask (unlike
-    ``mkstemp``'s 0600), so collaborators can read a shared results folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _json_safe(value: Any) -> Any:

@@ -13,13 +13,13 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from everylabel._atomic import atomic_write_text
 from everylabel.metrics._utils import Array, as_numpy, binary_numpy
 from everylabel.metrics.compute import DEFAULT_METRICS, compute_metrics, empty_status
 
@@ -176,18 +176,7 @@ def summarize(
 
 
 def _atomic_write(path: str | os.PathLike[str], text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write_text(path, text)
 
 
 def _csv_value(value: Any) -> Any:
