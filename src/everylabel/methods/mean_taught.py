@@ -34,13 +34,9 @@ import torch.nn as nn
 from everylabel.annotations.kinds import Kind
 from everylabel.losses.box_prior import box_slices, round_boxes
 from everylabel.losses.multilabel import adaptive_max_pool, multilabel_deep_supervision_loss
-from everylabel.methods.base import Method, as_list
+from everylabel.methods.base import as_list
 from everylabel.methods.mean_teacher import (
-    check_ema_decay,
-    ema_decay_at,
-    ema_update,
-    make_teacher,
-    sigmoid_rampup,
+    TeacherMethod,
     teacher_logits,
 )
 from everylabel.methods.multilabel import MultilabelDeepSupervision
@@ -132,7 +128,7 @@ def mean_taught_targets(teacher_outputs: Sequence[torch.Tensor], spatial_shape: 
     return [p * m for p, m in zip(probs, masks)]
 
 
-class MeanTaughtDeepSupervision(Method):
+class MeanTaughtDeepSupervision(TeacherMethod):
     """Multi-label deep supervision (Eq. 9) plus a mean teacher's restricted multi-label targets (Eq. 10).
 
     Args:
@@ -151,33 +147,13 @@ class MeanTaughtDeepSupervision(Method):
                  consistency_weight: float = 1.0, rampup_fraction: float = 0.4, noise_std: float = 0.1,
                  infer_with: str = "teacher"):
         super().__init__()
-        check_ema_decay(ema_decay)
-        if infer_with not in ("teacher", "student"):
-            raise ValueError(f"method.infer_with must be 'teacher' or 'student', got {infer_with!r}")
-        if consistency_weight < 0 or noise_std < 0 or not 0 <= rampup_fraction <= 1:
-            raise ValueError("method.consistency_weight and noise_std must be >= 0 and rampup_fraction in [0, 1]")
+        self.init_teacher(ema_decay, infer_with, consistency_weight, rampup_fraction, noise_std)
         self.multilabel = multilabel
-        self.ema_decay, self.consistency_weight, self.rampup_fraction = ema_decay, consistency_weight, rampup_fraction
-        self.noise_std, self.infer_with = noise_std, infer_with
-        self.teacher: nn.Module | None = None
 
     @property
     def name(self) -> str:
         return "mean_taught"
 
-    def setup(self, network: nn.Module) -> None:
-        self.teacher = make_teacher(network)
-
-    def after_step(self, network: nn.Module, step: int) -> None:
-        ema_update(self.teacher, network, ema_decay_at(step, self.ema_decay))
-
-    def inference_network(self, network: nn.Module) -> nn.Module:
-        return self.teacher if self.infer_with == "teacher" and self.teacher is not None else network
-
-    def weight(self, step: int, total_steps: int) -> float:
-        if self.rampup_fraction == 0:
-            return self.consistency_weight
-        return self.consistency_weight * sigmoid_rampup(step / max(1.0, self.rampup_fraction * total_steps))
 
     def forward(self, network: nn.Module, batch, step: int = 0, total_steps: int = 1) -> dict[str, torch.Tensor]:
         if self.teacher is None:

@@ -109,7 +109,42 @@ def consistency_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     return (per_voxel * m).sum() / m.sum().clamp_min(1.0)
 
 
-class MeanTeacher(Method):
+class TeacherMethod(Method):
+    """Base of the methods with an EMA teacher (mean teacher, mean-taught deep supervision, self-training with a
+    teacher): creates the teacher in :meth:`setup`, updates it after every step, answers inference with it or the
+    student, and ramps the unsupervised weight up over the first ``rampup_fraction`` of the schedule."""
+
+    def init_teacher(self, ema_decay: float, infer_with: str, consistency_weight: float = 1.0,
+                     rampup_fraction: float = 0.0, noise_std: float = 0.0, use_teacher: bool = True) -> None:
+        """Check and store the teacher settings (call from ``__init__``)."""
+        check_ema_decay(ema_decay)
+        if infer_with not in ("teacher", "student"):
+            raise ValueError(f"method.infer_with must be 'teacher' or 'student', got {infer_with!r}")
+        if consistency_weight < 0 or noise_std < 0 or not 0 <= rampup_fraction <= 1:
+            raise ValueError("method.consistency_weight and noise_std must be >= 0 and rampup_fraction in [0, 1]")
+        self.ema_decay, self.infer_with, self.use_teacher = ema_decay, infer_with, use_teacher
+        self.consistency_weight, self.rampup_fraction, self.noise_std = consistency_weight, rampup_fraction, noise_std
+        self.teacher: nn.Module | None = None
+
+    def setup(self, network: nn.Module) -> None:
+        if self.use_teacher:
+            self.teacher = make_teacher(network)
+
+    def after_step(self, network: nn.Module, step: int) -> None:
+        if self.teacher is not None:
+            ema_update(self.teacher, network, ema_decay_at(step, self.ema_decay))
+
+    def inference_network(self, network: nn.Module) -> nn.Module:
+        return self.teacher if self.infer_with == "teacher" and self.teacher is not None else network
+
+    def weight(self, step: int, total_steps: int) -> float:
+        """The unsupervised weight at ``step``: ``consistency_weight`` after a sigmoid ramp-up."""
+        if self.rampup_fraction == 0:
+            return self.consistency_weight
+        return self.consistency_weight * sigmoid_rampup(step / max(1.0, self.rampup_fraction * total_steps))
+
+
+class MeanTeacher(TeacherMethod):
     """Supervised Dice + CE on masks plus student-teacher consistency on all samples.
 
     Args:
@@ -129,35 +164,14 @@ class MeanTeacher(Method):
                  consistency_weight: float = 1.0, rampup_fraction: float = 0.4, noise_std: float = 0.1,
                  infer_with: str = "teacher"):
         super().__init__()
-        check_ema_decay(ema_decay)
         if consistency not in ("mse", "kl"):
             raise ValueError(f"method.consistency must be 'mse' or 'kl', got {consistency!r}")
-        if infer_with not in ("teacher", "student"):
-            raise ValueError(f"method.infer_with must be 'teacher' or 'student', got {infer_with!r}")
-        if consistency_weight < 0 or noise_std < 0 or not 0 <= rampup_fraction <= 1:
-            raise ValueError("method.consistency_weight and noise_std must be >= 0 and rampup_fraction in [0, 1]")
-        self.supervised = supervised
-        self.ema_decay, self.consistency, self.consistency_weight = ema_decay, consistency, consistency_weight
-        self.rampup_fraction, self.noise_std, self.infer_with = rampup_fraction, noise_std, infer_with
-        self.teacher: nn.Module | None = None
+        self.init_teacher(ema_decay, infer_with, consistency_weight, rampup_fraction, noise_std)
+        self.supervised, self.consistency = supervised, consistency
 
     @property
     def name(self) -> str:
         return "mean_teacher"
-
-    def setup(self, network: nn.Module) -> None:
-        self.teacher = make_teacher(network)
-
-    def inference_network(self, network: nn.Module) -> nn.Module:
-        return self.teacher if self.infer_with == "teacher" and self.teacher is not None else network
-
-    def weight(self, step: int, total_steps: int) -> float:
-        if self.rampup_fraction == 0:
-            return self.consistency_weight
-        return self.consistency_weight * sigmoid_rampup(step / max(1.0, self.rampup_fraction * total_steps))
-
-    def after_step(self, network: nn.Module, step: int) -> None:
-        ema_update(self.teacher, network, ema_decay_at(step, self.ema_decay))
 
     def forward(self, network: nn.Module, batch, step: int = 0, total_steps: int = 1) -> dict[str, torch.Tensor]:
         if self.teacher is None:

@@ -33,9 +33,9 @@ import torch.nn.functional as F
 
 from everylabel.annotations.kinds import Kind
 from everylabel.losses.dice import upcast
-from everylabel.methods.base import Method, as_list, sample_view
+from everylabel.methods.base import as_list, sample_view
 from everylabel.methods.mean_taught import allowed_classes
-from everylabel.methods.mean_teacher import check_ema_decay, ema_decay_at, ema_update, make_teacher, teacher_logits
+from everylabel.methods.mean_teacher import TeacherMethod, teacher_logits
 from everylabel.methods.strong_augment import StrongAugment
 from everylabel.methods.supervised import Supervised
 
@@ -82,7 +82,7 @@ def pseudo_label_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return ce.sum() / denom.clamp_min(1.0), confident
 
 
-class SelfTraining(Method):
+class SelfTraining(TeacherMethod):
     """Supervised Dice + CE on masks plus confident pseudo-labels on a strong view of every sample without a mask.
 
     Args:
@@ -108,29 +108,15 @@ class SelfTraining(Method):
             raise ValueError(f"method.unlabelled_weight must be >= 0, got {unlabelled_weight}")
         if pseudo_labels_from not in ("network", "teacher"):
             raise ValueError(f"method.pseudo_labels_from must be 'network' or 'teacher', got {pseudo_labels_from!r}")
-        if infer_with not in ("teacher", "student"):
-            raise ValueError(f"method.infer_with must be 'teacher' or 'student', got {infer_with!r}")
-        check_ema_decay(ema_decay)
+        self.init_teacher(ema_decay, infer_with, use_teacher=pseudo_labels_from == "teacher")
         self.supervised = supervised
         self.threshold, self.unlabelled_weight = threshold, unlabelled_weight
-        self.pseudo_labels_from, self.ema_decay, self.infer_with = pseudo_labels_from, ema_decay, infer_with
+        self.pseudo_labels_from = pseudo_labels_from
         self.strong = strong or StrongAugment()
-        self.teacher: nn.Module | None = None
 
     @property
     def name(self) -> str:
         return "self_training"
-
-    def setup(self, network: nn.Module) -> None:
-        if self.pseudo_labels_from == "teacher":
-            self.teacher = make_teacher(network)
-
-    def after_step(self, network: nn.Module, step: int) -> None:
-        if self.teacher is not None:
-            ema_update(self.teacher, network, ema_decay_at(step, self.ema_decay))
-
-    def inference_network(self, network: nn.Module) -> nn.Module:
-        return self.teacher if self.infer_with == "teacher" and self.teacher is not None else network
 
     def forward(self, network: nn.Module, batch, step: int = 0, total_steps: int = 1) -> dict[str, torch.Tensor]:
         if self.pseudo_labels_from == "teacher" and self.teacher is None:
