@@ -54,6 +54,32 @@ def box_slices(bounds: Sequence[int], spatial: Sequence[int]) -> tuple[slice, ..
     return tuple(out)
 
 
+def box_masks(boxes: Sequence[torch.Tensor], box_labels: Sequence[torch.Tensor], num_classes: int,
+              spatial_shape: Sequence[int], device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Filled boxes per class and which classes are boxed.
+
+    Shapes:
+        boxes[b]: (M_b, 2 * ndim) (mins then maxes, max exclusive); box_labels[b]: (M_b,).
+
+    Returns:
+        ``(inside, boxed)``: float (B, N, *S) 1 inside a box of that class, and bool (B, N), True for the classes
+        with at least one box in the sample.
+    """
+    spatial = tuple(int(s) for s in spatial_shape)
+    b = len(boxes)
+    inside = torch.zeros((b, num_classes, *spatial), dtype=torch.float32, device=device)
+    boxed = torch.zeros((b, num_classes), dtype=torch.bool, device=device)
+    for i in range(b):
+        for bounds, k in zip(round_boxes(boxes[i]), box_labels[i].tolist()):
+            if not 0 <= k < num_classes:
+                raise ValueError(f"sample {i}: box label {k} is not a class in 0..{num_classes - 1}")
+            boxed[i, k] = True
+            sl = box_slices(bounds, spatial)
+            if sl is not None:
+                inside[(i, k, *sl)] = 1.0
+    return inside, boxed
+
+
 def _check_box_args(width: int, size_bounds: tuple[float, float] | None, lambdas: Sequence[float]) -> None:
     if isinstance(width, bool) or not isinstance(width, int) or width < 1:
         raise ValueError(f"width (the tightness segment width) must be an integer >= 1, got {width!r}")

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from everylabel.losses.box_prior import box_slices, round_boxes
+from everylabel.losses.box_prior import box_masks
 from everylabel.losses.constraints import check_reduction
 from everylabel.losses.dice import upcast
 
@@ -110,16 +110,7 @@ def multilabel_targets(labels: torch.Tensor | None, valid: torch.Tensor | None,
     if boxes is not None:
         if len(boxes) != b or len(box_labels) != b:
             raise ValueError(f"boxes and box_labels need one entry per sample ({b})")
-        box_pos = torch.zeros((b, n, *spatial), dtype=torch.float32, device=device)
-        box_has = torch.zeros((b, n), dtype=torch.bool, device=device)
-        for i in range(b):
-            for bounds, k in zip(round_boxes(boxes[i]), box_labels[i].tolist()):
-                if not 0 <= k < n:
-                    raise ValueError(f"sample {i}: box label {k} is not a class in 0..{n - 1}")
-                box_has[i, k] = True
-                sl = box_slices(bounds, spatial)
-                if sl is not None:
-                    box_pos[(i, k, *sl)] = 1.0
+        box_pos, box_has = box_masks(boxes, box_labels, n, spatial, device)
     view = (b, n, *([1] * len(spatial)))
     covered = bg_certain = None
     if classes is not None:

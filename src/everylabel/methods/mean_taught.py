@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 
 from everylabel.annotations.kinds import Kind
-from everylabel.losses.box_prior import box_slices, round_boxes
+from everylabel.losses.box_prior import box_masks
 from everylabel.losses.multilabel import adaptive_max_pool, multilabel_deep_supervision_loss
 from everylabel.methods.base import as_list
 from everylabel.methods.mean_teacher import (
@@ -40,32 +40,6 @@ from everylabel.methods.mean_teacher import (
     teacher_logits,
 )
 from everylabel.methods.multilabel import MultilabelDeepSupervision
-
-
-def box_masks(boxes: Sequence[torch.Tensor], box_labels: Sequence[torch.Tensor], num_classes: int,
-              spatial_shape: Sequence[int], device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Filled boxes per class and which classes are boxed.
-
-    Shapes:
-        boxes[b]: (M_b, 2 * ndim) (mins then maxes, max exclusive); box_labels[b]: (M_b,).
-
-    Returns:
-        ``(inside, boxed)``: float (B, N, *S) 1 inside a box of that class, and bool (B, N), True for the classes
-        with at least one box in the sample.
-    """
-    spatial = tuple(int(s) for s in spatial_shape)
-    b = len(boxes)
-    inside = torch.zeros((b, num_classes, *spatial), dtype=torch.float32, device=device)
-    boxed = torch.zeros((b, num_classes), dtype=torch.bool, device=device)
-    for i in range(b):
-        for bounds, k in zip(round_boxes(boxes[i]), box_labels[i].tolist()):
-            if not 0 <= k < num_classes:
-                raise ValueError(f"sample {i}: box label {k} is not a class in 0..{num_classes - 1}")
-            boxed[i, k] = True
-            sl = box_slices(bounds, spatial)
-            if sl is not None:
-                inside[(i, k, *sl)] = 1.0
-    return inside, boxed
 
 
 def allowed_classes(sizes: Sequence[Sequence[int]], spatial_shape: Sequence[int], num_classes: int, *,
