@@ -44,6 +44,8 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    owns_group: bool = False
+    """True when :func:`setup_distributed` created the process group (train then destroys it at the end)."""
 
     @property
     def is_main(self) -> bool:
@@ -55,11 +57,12 @@ def setup_distributed() -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
-    if not dist.is_initialized():
+    owned = not dist.is_initialized()
+    if owned:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend=backend)
     return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(),
-                    local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+                    local_rank=int(os.environ.get("LOCAL_RANK", "0")), owns_group=owned)
 
 
 def pick_device(info: DistInfo) -> torch.device:
@@ -411,6 +414,9 @@ def train(data: str | Path, out_dir: str | Path, cfg: Config, *, resume: bool = 
         atomic_write_json(run_dir / "metrics.json", metrics)
     if info.world_size > 1:
         dist.barrier()
+        if info.owns_group:
+            # an undestroyed gloo group can abort the process at exit ("terminate called without an active exception")
+            dist.destroy_process_group()
     if stop.requested:
         log.info("stopped by SIGTERM at step %d; continue with --resume", step)
     if log_handler is not None:
