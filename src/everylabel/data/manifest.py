@@ -162,6 +162,15 @@ class Manifest:
         """The (label_mapping, label_threshold) that apply to a case's label files: its own, else the manifest's."""
         return (_setting(case.label_mapping, self.label_mapping), _setting(case.label_threshold, self.label_threshold))
 
+    def spacing_for(self, case: CaseSpec) -> tuple[float, ...] | None:
+        """The voxel spacing override of a case (its own, else the manifest's), or None to use the files' spacing.
+
+        Every reader of a case's images or labels must apply it: HDF5 and PNG files store no spacing, and a model
+        trained at the declared spacing but predicted at the file's (1.0) would be resampled by the wrong factor.
+        """
+        spacing = _setting(case.spacing, self.spacing)
+        return None if spacing is None else tuple(float(s) for s in spacing)
+
     def class_index(self, cls: int | str) -> int:
         """Index of a class given by index or name; ValueError if it is not declared."""
         if isinstance(cls, (int, np.integer)) and not isinstance(cls, bool):
@@ -392,13 +401,17 @@ def _setting(case_value, manifest_value):
 
 def _read_case_image(manifest: Manifest, case: CaseSpec) -> tuple[np.ndarray, ImageMeta]:
     image, meta = read_image(case.images, key=case.image_key)
-    spacing = _setting(case.spacing, manifest.spacing)
-    if spacing is not None:
-        if len(spacing) != len(meta.shape):
-            raise ValueError(f"case '{case.id}': spacing override {tuple(spacing)} has {len(spacing)} values, the "
-                             f"image {meta.path} has {len(meta.shape)} spatial axes")
-        meta = dc_replace(meta, spacing=tuple(float(s) for s in spacing))
-    return image, meta
+    return image, with_spacing(meta, manifest.spacing_for(case), case.id)
+
+
+def with_spacing(meta: ImageMeta, spacing: tuple[float, ...] | None, case_id: str) -> ImageMeta:
+    """``meta`` with its spacing replaced by a manifest override (unchanged when ``spacing`` is None)."""
+    if spacing is None:
+        return meta
+    if len(spacing) != len(meta.shape):
+        raise ValueError(f"case '{case_id}': spacing override {tuple(spacing)} has {len(spacing)} values, the "
+                         f"image {meta.path} has {len(meta.shape)} spatial axes")
+    return dc_replace(meta, spacing=tuple(float(s) for s in spacing))
 
 
 def _grid_problems(case: CaseSpec, role: str, label_meta: ImageMeta, image_meta: ImageMeta) -> list[str]:

@@ -30,6 +30,8 @@ class RefCase:
     key: str | None = None
     mapping: dict | None = None
     threshold: float | None = None
+    spacing: tuple[float, ...] | None = None
+    """the manifest's spacing override (distances in mm for files that store no spacing, e.g. HDF5)"""
 
 
 def _files_by_id(folder: Path) -> dict[str, Path]:
@@ -59,7 +61,7 @@ def reference_cases(ref: str | Path, split: str | None = None) -> tuple[list[Ref
             continue
         if c.mask is None:
             continue
-        cases.append(RefCase(c.id, c.mask, c.valid, c.label_key, *m.label_options(c)))
+        cases.append(RefCase(c.id, c.mask, c.valid, c.label_key, *m.label_options(c), spacing=m.spacing_for(c)))
     return cases, dict(m.labels)
 
 
@@ -78,6 +80,7 @@ def evaluate(pred: str | Path, ref: str | Path, out: str | Path | None = None, *
         ValueError: listing every prediction without a reference and every reference without a prediction.
     """
     from everylabel.data.io import read_label
+    from everylabel.data.manifest import with_spacing
 
     pred = Path(pred)
     if not pred.is_dir():
@@ -121,7 +124,8 @@ def evaluate(pred: str | Path, ref: str | Path, out: str | Path | None = None, *
             present = sorted(set(np.unique(ref_lab).tolist()) | set(np.unique(pred_lab).tolist()) | {0, 1})
             names = {int(c): f"class_{c}" for c in present}
         use = {k: v for k, v in names.items() if include_background or k != 0}
-        records.extend(case_records(pred_lab, ref_lab, r.case_id, use, valid=valid, spacing=tuple(meta.spacing),
+        spacing = tuple(with_spacing(meta, r.spacing, r.case_id).spacing)  # the manifest's override, if any
+        records.extend(case_records(pred_lab, ref_lab, r.case_id, use, valid=valid, spacing=spacing,
                                     metrics=list(metrics), nsd_tolerance=nsd_tolerance, convention=convention))
     summary = summarize(records)
     if out is not None:

@@ -25,11 +25,12 @@ from everylabel.networks import build_network
 
 @dataclass
 class InputCase:
-    """An image to predict: its id, channel files and (for HDF5) dataset key."""
+    """An image to predict: its id, channel files, (for HDF5) dataset key and the manifest's spacing override."""
 
     case_id: str
     images: list[str]
     key: str | None = None
+    spacing: tuple[float, ...] | None = None
 
 
 def find_inputs(path: str | Path, split: str | None = None) -> list[InputCase]:
@@ -45,8 +46,8 @@ def find_inputs(path: str | Path, split: str | None = None) -> list[InputCase]:
         from everylabel.data.manifest import load_dataset
 
         manifest = load_dataset(path)
-        cases = [InputCase(c.id, list(c.images), getattr(c, "image_key", None)) for c in manifest.cases
-                 if split is None or c.split == split]
+        cases = [InputCase(c.id, list(c.images), getattr(c, "image_key", None), manifest.spacing_for(c))
+                 for c in manifest.cases if split is None or c.split == split]
         if not cases:
             raise ValueError(f"{path} has no cases" + (f" in split {split!r}" if split else ""))
         return cases
@@ -129,9 +130,11 @@ class Predictor:
                      tta: bool | None = None) -> Path:
         """Predict one case and write its label map (and probabilities) into ``out_dir``."""
         from everylabel.data.io import read_image, write_image, write_label
+        from everylabel.data.manifest import with_spacing
 
         image, meta = read_image(case.images if len(case.images) > 1 else case.images[0], key=case.key)
-        probs = self.predict_array(image, tuple(meta.spacing), tta=tta)
+        # the network sees the spacing the manifest declares (as in training); the file keeps its own geometry
+        probs = self.predict_array(image, with_spacing(meta, case.spacing, case.case_id).spacing, tta=tta)
         labels = probs.argmax(0).numpy().astype(np.uint8 if self.plan.num_classes < 256 else np.int32)
         out_dir = Path(out_dir)
         out = write_label(out_dir / output_name(case), labels, meta)
