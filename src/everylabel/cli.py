@@ -235,8 +235,10 @@ def refine(data: str, out: str, rounds: int, tau: float, size_std: float, config
 @click.option("--print-commands", is_flag=True,
               help="Print one shell command per pending run (for a SLURM job array); run nothing.")
 @click.option("--skip-failed", is_flag=True, help="Do not retry runs recorded as failed.")
+@click.option("--only", "only", multiple=True, metavar="PATTERN",
+              help="Run only the runs whose name matches this shell pattern (repeatable), e.g. '*4masks*'.")
 def sweep(sweep_file: str, out: str | None, jobs: int, dry_run: bool, print_commands: bool,
-          skip_failed: bool) -> None:
+          skip_failed: bool, only: tuple[str, ...]) -> None:
     """Run a label-budget sweep: methods x protocols x seeds (x folds), one process per run, resumable.
 
     Finished runs are skipped; an interrupted run continues from its checkpoint; a failing run is recorded and
@@ -255,6 +257,16 @@ def sweep(sweep_file: str, out: str | None, jobs: int, dry_run: bool, print_comm
     if not dry_run:
         sw.prepare(spec, runs, sweep_dir)
     plan = sw.summarize_plan(runs, sweep_dir)
+    if only:
+        from fnmatch import fnmatchcase
+
+        unmatched = [pat for pat in only if not any(fnmatchcase(p["name"], pat) for p in plan)]
+        if unmatched:
+            _fail(ValueError(f"--only {', '.join(unmatched)} matches no run of sweep {spec.name!r}; run names look "
+                             f"like {plan[0]['name']!r} (see --dry-run)"))
+        keep = [any(fnmatchcase(p["name"], pat) for pat in only) for p in plan]
+        runs = [r for r, k in zip(runs, keep) if k]
+        plan = [p for p, k in zip(plan, keep) if k]
     todo = [r for r, p in zip(runs, plan) if p["status"] != "done" and not (skip_failed and p["status"] == "failed")]
     if print_commands:
         for run in todo:

@@ -193,6 +193,10 @@ def test_dry_run_and_print_commands(dataset, tmp_path):
     assert all(" -m everylabel run-one " in line and str(tmp_path / "out" / "runs") in line for line in lines)
     assert all((tmp_path / "out" / "runs" / line.rsplit("/", 1)[1] / "spec.json").is_file() for line in lines)
     assert not (tmp_path / "out" / "results").exists()  # nothing ran
+    res = CliRunner().invoke(main, ["sweep", path, "--dry-run", "--only", "*seed1*"])
+    assert res.exit_code == 0 and res.output.count("| pending |") == 2 and "seed0" not in res.output
+    res = CliRunner().invoke(main, ["sweep", path, "--dry-run", "--only", "*seed7*"])
+    assert res.exit_code != 0 and "--only *seed7* matches no run" in res.output
 
 
 # ----------------------------------------------------------------------------------------------------- running
