@@ -10,7 +10,7 @@ fraction of all masks) and writes the sweep's HTML/Markdown report.
 at most ``--max-cost`` (default 0.15) of the all-masks cost; if none is that cheap, the highest Dice overall.
 
 Usage:
-  python benchmarks/la_budgets.py [--out DIR] [--max-cost 0.15]
+  python benchmarks/la_budgets.py [--out DIR] [--jobs 2] [--no-run] [--max-cost 0.15]
 Ends with: RESULT best_mix_over_full=<Dice ratio> best_mix_cost_fraction=<cost of that mix / cost of all masks>
 """
 
@@ -22,15 +22,16 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _sweeps import LA_DIR, failed, fmt, mean, run_sweep  # noqa: E402
+from _sweeps import LA_DIR, add_run_options, failed, fmt, mean, run_sweep  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=LA_DIR, help="sweep directory (shared by the LA sweeps)")
     ap.add_argument("--max-cost", type=float, default=0.15)
+    add_run_options(ap)
     args = ap.parse_args()
-    sweep_dir = run_sweep("la_budgets", args.out)
+    sweep_dir = run_sweep("la_budgets", args.out, args.jobs, not args.no_run)
 
     from everylabel.experiments.report import protocol_order, sweep_rows, write_report
     from everylabel.experiments.results import run_score

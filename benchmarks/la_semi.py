@@ -10,7 +10,7 @@ Also DRIVE with 2 of the 20 training images labelled (``--drive``, benchmarks/sw
 20 test images inside the field of view.
 
 Usage:
-  python benchmarks/la_semi.py [--out DIR] [--report] [--drive]
+  python benchmarks/la_semi.py [--out DIR] [--jobs 2] [--no-run] [--report] [--drive]
 Ends with: RESULT semi_gain_4labelled=<Dice points of the best semi-supervised method over supervised-only, 4 masks>
 """
 
@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _sweeps import LA_DIR, failed, fmt, mean, run_sweep, scores  # noqa: E402
+from _sweeps import LA_DIR, add_run_options, failed, fmt, mean, run_sweep, scores  # noqa: E402
 
 METHODS = ("supervised", "mean_teacher", "self_training", "mean_taught")
 BUDGETS = ("2masks_unlabelled", "4masks_unlabelled")
@@ -32,8 +32,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=LA_DIR, help="sweep directory (shared by the LA sweeps)")
     ap.add_argument("--report", action="store_true", help="also write the sweep's HTML/Markdown report")
     ap.add_argument("--drive", action="store_true", help="also run DRIVE with 2 of 20 training images labelled")
+    add_run_options(ap)
     args = ap.parse_args()
-    sweep_dir = run_sweep("la_semi", args.out)
+    sweep_dir = run_sweep("la_semi", args.out, args.jobs, not args.no_run)
     s = scores(sweep_dir)
     print("\nLA_heart_h5, 16 training volumes (2 or 4 labelled), 4 test volumes; 3D Dice (%) mean ± std over seeds\n")
     print("| method | 2 labelled | 4 labelled |\n|---|---:|---:|")
@@ -47,7 +48,7 @@ def main() -> None:
         paths = write_report(sweep_dir)
         print(f"report: {paths['html']}")
     if args.drive:
-        d = scores(run_sweep("drive_semi", args.out.parent / "drive_semi"))
+        d = scores(run_sweep("drive_semi", args.out.parent / "drive_semi", args.jobs, not args.no_run))
         print("\nDRIVE, 2 of 20 training images labelled, 18 unlabelled; Dice (%) on the 20 test images in the FOV\n")
         print("| method | Dice (%) |\n|---|---:|")
         for m in METHODS:

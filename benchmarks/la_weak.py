@@ -6,7 +6,7 @@ The DRIVE part of the issue (scribbles: partial CE alone vs partial CE + CRF) is
 images get simulated scribbles; partial CE vs partial CE + CRF, 3 seeds, Dice on the 20 test images in the FOV.
 
 Usage:
-  python benchmarks/la_weak.py [--out DIR] [--drive] [--report]
+  python benchmarks/la_weak.py [--out DIR] [--jobs 2] [--no-run] [--drive] [--report]
 Ends with: RESULT boxes2d_over_full=<Dice ratio> scribbles_crf_over_full=<ratio> crf_gain=<Dice points, DRIVE>
 mixed_gain=<Dice points of 2 masks + boxes over 2 masks>
 """
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _sweeps import LA_DIR, failed, fmt, mean, run_sweep, scores  # noqa: E402
+from _sweeps import LA_DIR, add_run_options, failed, fmt, mean, run_sweep, scores  # noqa: E402
 
 ROWS = [("full masks", "supervised", "allmasks"), ("tight 2D boxes (every slice)", "weak_crf", "boxes2d"),
         ("3D boxes (per-slice extent)", "weak_crf", "boxes3d"), ("points + CRF", "weak_crf", "points"),
@@ -33,8 +33,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=LA_DIR, help="sweep directory (shared by the LA sweeps)")
     ap.add_argument("--drive", action="store_true", help="also run the DRIVE scribbles CE vs CE + CRF sweep")
     ap.add_argument("--report", action="store_true")
+    add_run_options(ap)
     args = ap.parse_args()
-    sweep_dir = run_sweep("la_weak", args.out)
+    sweep_dir = run_sweep("la_weak", args.out, args.jobs, not args.no_run)
     s = scores(sweep_dir)
     full = mean(s.get(("supervised", "allmasks"), []))
     print("\nLA_heart_h5, 16 training volumes, 4 test volumes; 3D Dice (%) mean ± std over seeds\n")
@@ -46,7 +47,7 @@ def main() -> None:
         print("FAILED", line)
     crf_gain = float("nan")
     if args.drive:
-        drive_dir = run_sweep("drive_scribbles", args.out.parent / "drive_scribbles")
+        drive_dir = run_sweep("drive_scribbles", args.out.parent / "drive_scribbles", args.jobs, not args.no_run)
         d = scores(drive_dir)
         print("\nDRIVE, 20 training images with simulated scribbles, Dice (%) on the 20 test images in the FOV\n")
         print("| annotation | Dice (%) |\n|---|---:|")
