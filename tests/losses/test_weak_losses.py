@@ -448,6 +448,29 @@ def test_box_prior_border_and_errors():
         BoxPriorLoss(penalty="l2")
 
 
+def test_box_prior_covered_class_without_a_box_is_absent():
+    # two samples, 3 classes: sample 0 has a class-1 box, sample 1 (a slice no box crosses) none
+    x = torch.zeros((2, 3, 4, 5), dtype=torch.float64, requires_grad=True)  # every class 1/3 everywhere
+    boxes = [torch.tensor([[1.0, 1.0, 3.0, 4.0]]), torch.zeros((0, 4))]
+    labels = [torch.tensor([1]), torch.zeros((0,), dtype=torch.int64)]
+    kw = {"boxes": boxes, "box_labels": labels, "penalty": "quadratic", "lambda_tightness": 0.0,
+          "lambda_emptiness": 1.0, "reduction": "none"}
+    old = box_prior_loss(x, **kw).flatten()
+    assert old[1] == 0  # without `classes` a sample without boxes is unconstrained
+    covered = torch.tensor([[False, True, False], [False, True, True]])
+    new = box_prior_loss(x, classes=covered, **kw).flatten()
+    assert torch.isclose(new[0], old[0])  # class 2 is not covered in sample 0; class 1 has its box
+    # sample 1: classes 1 and 2 are covered and unboxed, V = 20 / 3 each, quadratic penalty / |Omega| = 20
+    assert torch.isclose(new[1], torch.tensor(2 * (20 / 3) ** 2 / 20, dtype=torch.float64))
+    new.sum().backward()
+    p_grad = x.grad[1, 1:]
+    assert (p_grad > 0).all()  # descent lowers the covered classes' logits in the unboxed sample
+    with pytest.raises(ValueError, match="classes must be a"):
+        box_prior_loss(x, boxes=boxes, box_labels=labels, classes=covered[:, :2])
+    module = BoxPriorLoss(penalty="quadratic", lambda_tightness=0.0, lambda_emptiness=1.0, reduction="none")
+    assert torch.allclose(module(x, boxes=boxes, box_labels=labels, classes=covered).flatten(), new.detach())
+
+
 @pytest.mark.parametrize("ndim", [2, 3])
 def test_box_prior_descent_moves_mass_into_box(ndim):
     size = 8

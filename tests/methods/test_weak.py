@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from everylabel.annotations import simulate_manifest
-from everylabel.annotations.kinds import Kind
+from everylabel.annotations.kinds import Annotations, Kind
 from everylabel.data.batch import collate
 from everylabel.data.manifest import load_case, load_manifest
 from everylabel.data.sampling import PreparedCase, case_to_sample
@@ -89,6 +89,23 @@ def test_weak_run_end_to_end(mixed_manifest, tmp_path):
 def test_bad_weights_raise():
     with pytest.raises(ValueError, match="method weights must be >= 0: box_weight"):
         WeakSupervision(Supervised(), box_weight=-1)
+    with pytest.raises(ValueError, match="box_size_bounds"):
+        WeakSupervision(Supervised(), box_size_bounds=(0.9, 0.5))
+
+
+def test_box_sample_without_a_box_is_a_negative():
+    # a patch of a boxed case that misses every box: every foreground class is absent there
+    ann = Annotations(boxes=np.array([[0.0, 0.0, 4.0, 4.0]]), box_labels=np.array([1]))
+    case = PreparedCase(image=np.zeros((1, 32, 32), np.float32), ann=ann, case_id="boxes", num_classes=3)
+    sample = case_to_sample(case, np.array([16, 16]), (8, 8))
+    assert len(sample.boxes) == 0 and Kind.BOXES in sample.kinds
+    batch = collate([sample])
+    logits = torch.zeros(1, 3, 8, 8, requires_grad=True)
+    method = WeakSupervision(Supervised(), box_size_bounds=None)
+    out = method(lambda x: [logits], batch)
+    assert out["box"] > 0
+    out["loss"].backward()
+    assert (logits.grad[0, 1:] > 0).all() and (logits.grad[0, 0] < 0).all()  # towards background everywhere
 
 
 def test_cldice_term_in_supervised_changes_loss_and_validates():

@@ -112,7 +112,11 @@ class MethodConfig:
     crf_sigma_xy: float = 5.0
     crf_sigma_intensity: float = 0.15
     box_weight: float = 1.0
-    """weak: box priors (emptiness + tightness) on box samples."""
+    """weak: box priors (emptiness + tightness + box size) on box samples."""
+    box_size_bounds: tuple[float, float] | None = (0.5, 0.9)
+    """weak: the box-size constraint a|B| <= predicted volume <= b|B| of Kervadec et al. (MIDL 2020; a, b as in
+    the authors' code). Emptiness and tightness alone are met by a thin cross through each box; this term fills
+    it. For loose or non-tight boxes (e.g. a 3D box cut into slices) lower a; None = off."""
     tag_weight: float = 1.0
     """weak: MIL + inclusion/suppression size terms on tag samples."""
     tag_pool: str = "lse"

@@ -113,7 +113,7 @@ def box_prior_loss(input: torch.Tensor, *, boxes: Sequence[torch.Tensor], box_la
                    width: int = 5, t: float = 5.0, penalty: str = "log_barrier", lambda_emptiness: float = 1e-2,
                    lambda_tightness: float = 1e-4, lambda_size: float = 1.0,
                    size_bounds: tuple[float, float] | None = None, tight_at_border: bool = False,
-                   reduction: str = "mean") -> torch.Tensor:
+                   classes: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
     """Emptiness + tightness (+ box size) constraints of Kervadec et al. (MIDL 2020) for every boxed class.
 
     Per sample: ``lambda_emptiness * sum_k phi(V_out_k) / |Omega| + lambda_tightness * sum_{boxes, slabs}
@@ -131,6 +131,10 @@ def box_prior_loss(input: torch.Tensor, *, boxes: Sequence[torch.Tensor], box_la
         lambda_emptiness, lambda_tightness, lambda_size: weights of the three terms.
         size_bounds: (a, b) fractions of the boxed volume for the box-size constraint; None disables it.
         tight_at_border: trust tightness also across sides touching the image border (see module docstring).
+        classes: optional (B, N) bool, the classes whose objects the boxes of each sample cover exhaustively. A
+            covered class with no box in a sample is absent from it, so emptiness applies to the whole sample
+            (``sum_p s_{p,k} <= 0``): a slice of a boxed volume that no box crosses, or a patch beside every box,
+            is a negative example. None = only the classes that have a box in the sample are constrained.
         reduction: "mean" over samples, "sum", or "none" ((B, 1, ...) per sample).
 
     Shapes:
@@ -149,6 +153,8 @@ def box_prior_loss(input: torch.Tensor, *, boxes: Sequence[torch.Tensor], box_la
     spatial = tuple(input.shape[2:])
     nd = len(spatial)
     n_vox = math.prod(spatial)
+    if classes is not None and tuple(classes.shape) != (b_, n):
+        raise ValueError(f"classes must be a (B, N) = ({b_}, {n}) bool tensor, got shape {tuple(classes.shape)}")
     probs = torch.softmax(upcast(input), 1)
     per_sample = []
     for b in range(b_):
@@ -161,6 +167,11 @@ def box_prior_loss(input: torch.Tensor, *, boxes: Sequence[torch.Tensor], box_la
         if any(k < 1 or k >= n for k in labels):
             raise ValueError(f"sample {b}: box labels must be foreground classes 1..{n - 1}, got {sorted(set(labels))}")
         rounded = round_boxes(bx)
+        if classes is not None and lambda_emptiness:
+            for k in range(1, n):
+                if bool(classes[b, k]) and k not in labels:  # covered but not boxed here: absent
+                    absent = probs[b, k].sum()
+                    total = total + lambda_emptiness * constraint_penalty(absent, penalty, t) / n_vox
         for k in sorted(set(labels)):
             p = probs[b, k]
             inside = torch.zeros(spatial, dtype=torch.bool, device=input.device)
@@ -200,6 +211,6 @@ class BoxPriorLoss(nn.Module):
                    "lambda_tightness": lambda_tightness, "lambda_size": lambda_size, "size_bounds": size_bounds,
                    "tight_at_border": tight_at_border, "reduction": reduction}
 
-    def forward(self, input: torch.Tensor, *, boxes: Sequence[torch.Tensor],
-                box_labels: Sequence[torch.Tensor]) -> torch.Tensor:
-        return box_prior_loss(input, boxes=boxes, box_labels=box_labels, t=self.t, **self.kw)
+    def forward(self, input: torch.Tensor, *, boxes: Sequence[torch.Tensor], box_labels: Sequence[torch.Tensor],
+                classes: torch.Tensor | None = None) -> torch.Tensor:
+        return box_prior_loss(input, boxes=boxes, box_labels=box_labels, classes=classes, t=self.t, **self.kw)

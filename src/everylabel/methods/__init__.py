@@ -59,6 +59,7 @@ def _build(cfg, deep_supervision: bool) -> Method:
         return WeakSupervision(supervised, partial_weight=cfg.partial_weight, sparse_weight=cfg.sparse_weight,
                                crf_weight=cfg.crf_weight, crf_sigma_xy=cfg.crf_sigma_xy,
                                crf_sigma_intensity=cfg.crf_sigma_intensity, box_weight=cfg.box_weight,
+                               box_size_bounds=cfg.box_size_bounds,
                                tag_weight=cfg.tag_weight, tag_pool=cfg.tag_pool, entropy_weight=cfg.entropy_weight,
                                point_radius=cfg.point_radius)
     return METHODS[cfg.name]()

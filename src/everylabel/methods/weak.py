@@ -71,7 +71,10 @@ class WeakSupervision(Method):
         crf_weight: weight of the CRF regulariser on SCRIBBLE / POINTS samples (0 = off).
         crf_sigma_xy: spatial sigma of the CRF kernel, in voxels.
         crf_sigma_intensity: intensity sigma, in units of the normalised image.
-        box_weight: weight of the box priors on BOXES samples.
+        box_weight: weight of the box priors on BOXES samples. Boxes annotate every object of every class of
+            their sample, so a class without a box in a sample (a slice no box crosses, a patch beside the boxes)
+            is constrained to be absent there.
+        box_size_bounds: (a, b) of the box-size constraint (Kervadec et al., MIDL 2020), or None.
         tag_weight: weight of the MIL + tag size terms on TAGS samples.
         tag_pool: "lse" or "max" global pooling for the MIL loss.
         entropy_weight: weight of entropy minimisation on unannotated pixels of every sample (0 = off).
@@ -83,7 +86,8 @@ class WeakSupervision(Method):
     def __init__(self, supervised: Supervised, partial_weight: float = 1.0, sparse_weight: float = 1.0,
                  crf_weight: float = 0.0, crf_sigma_xy: float = 5.0, crf_sigma_intensity: float = 0.15,
                  box_weight: float = 1.0, tag_weight: float = 1.0, tag_pool: str = "lse",
-                 entropy_weight: float = 0.0, point_radius: int = 1):
+                 entropy_weight: float = 0.0, point_radius: int = 1,
+                 box_size_bounds: tuple[float, float] | None = (0.5, 0.9)):
         super().__init__()
         weights = dict(partial_weight=partial_weight, sparse_weight=sparse_weight, crf_weight=crf_weight,
                        box_weight=box_weight, tag_weight=tag_weight, entropy_weight=entropy_weight)
@@ -96,6 +100,10 @@ class WeakSupervision(Method):
         self.w = weights
         self.crf_sigma_xy, self.crf_sigma_intensity = crf_sigma_xy, crf_sigma_intensity
         self.tag_pool, self.point_radius = tag_pool, point_radius
+        if box_size_bounds is not None and (len(box_size_bounds) != 2 or
+                                            not 0.0 <= box_size_bounds[0] <= box_size_bounds[1]):
+            raise ValueError(f"method.box_size_bounds must be (a, b) with 0 <= a <= b, or null; got {box_size_bounds}")
+        self.box_size_bounds = None if box_size_bounds is None else tuple(float(v) for v in box_size_bounds)
         self.uses_unlabelled = entropy_weight > 0
 
     @property
@@ -136,8 +144,11 @@ class WeakSupervision(Method):
                 terms["crf"], total = t.detach(), total + self.w["crf_weight"] * t
         if self.w["box_weight"] and has[Kind.BOXES].any():
             idx = torch.nonzero(has[Kind.BOXES]).flatten().tolist()
+            covered = torch.ones(len(idx), logits.shape[1], dtype=torch.bool, device=dev)
+            covered[:, 0] = False
             t = box_prior_loss(logits[idx], boxes=[batch.boxes[j] for j in idx],
-                               box_labels=[batch.box_labels[j] for j in idx])
+                               box_labels=[batch.box_labels[j] for j in idx], classes=covered,
+                               size_bounds=self.box_size_bounds)
             terms["box"], total = t.detach(), total + self.w["box_weight"] * t
         if self.w["tag_weight"] and has[Kind.TAGS].any():
             i = has[Kind.TAGS]
