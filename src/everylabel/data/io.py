@@ -28,7 +28,7 @@ Every write is atomic: the file is written under a temporary name in the target 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -346,11 +346,6 @@ def read_label(path: str | Path, *, key: str | None = None, mapping: dict[int, i
 # ----------------------------------------------------------------------------------------------------- writing
 
 
-def _atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary name beside ``path`` (same suffix), then move it into place."""
-    return atomic_write(path, write)
-
-
 def _label_dtype(labels: np.ndarray, where: str, allowed: Sequence[type]) -> np.dtype:
     """The first dtype of ``allowed`` that holds every label value."""
     lo, hi = (int(labels.min()), int(labels.max())) if labels.size else (0, 0)
@@ -447,7 +442,7 @@ def write_label(path: str | Path, labels: np.ndarray, meta: ImageMeta) -> Path:
         else:
             np.save(tmp, data)
 
-    return _atomic_write(file, write)
+    return atomic_write(file, write)
 
 
 def write_image(path: str | Path, array: np.ndarray, meta: ImageMeta) -> Path:
@@ -520,4 +515,4 @@ def write_image(path: str | Path, array: np.ndarray, meta: ImageMeta) -> Path:
         else:
             np.save(tmp, array[0])
 
-    return _atomic_write(file, write)
+    return atomic_write(file, write)

@@ -175,10 +175,6 @@ def summarize(
     return summary
 
 
-def _atomic_write(path: str | os.PathLike[str], text: str) -> Path:
-    return atomic_write_text(path, text)
-
-
 def _csv_value(value: Any) -> Any:
     if isinstance(value, float):
         return "nan" if math.isnan(value) else repr(value)
@@ -202,7 +198,7 @@ def write_case_csv(records: Sequence[Mapping[str, Any]], path: str | os.PathLike
     writer.writeheader()
     for row in records:
         writer.writerow({k: _csv_value(row.get(k, "")) for k in columns})
-    return _atomic_write(path, buffer.getvalue())
+    return atomic_write_text(path, buffer.getvalue())
 
 
 def _json_safe(value: Any) -> Any:
@@ -223,7 +219,7 @@ def write_summary_json(summary: Mapping[str, Any], path: str | os.PathLike[str])
     Returns:
         The path written.
     """
-    return _atomic_write(path, json.dumps(_json_safe(summary), indent=2, allow_nan=False) + "\n")
+    return atomic_write_text(path, json.dumps(_json_safe(summary), indent=2, allow_nan=False) + "\n")
 
 
 def _fmt(value: float | None, digits: int) -> str:
