@@ -17,6 +17,7 @@ from everylabel.annotations.protocol import parse_protocol, simulate_manifest
 from everylabel.cli import main
 from everylabel.data.synthetic import make_dataset
 from everylabel.experiments.sweep import (
+    config_delta,
     execute,
     expand,
     fold_assignment,
@@ -256,3 +257,34 @@ def test_killed_run_is_rerun_and_resumed(dataset, tmp_path):
 def test_run_one_needs_a_spec(tmp_path):
     with pytest.raises(ValueError, match="is not a sweep run directory"):
         run_one(tmp_path)
+
+
+def test_config_delta():
+    defaults = {"a": 1, "b": {"c": [1, 2], "d": "x"}}
+    assert config_delta({"a": 1, "b": {"c": [1, 2], "d": "x"}}, defaults) == {}
+    assert config_delta({"a": 2, "b": {"c": (1, 2), "d": "y"}, "e": 0}, defaults) == {"a": 2, "b": {"d": "y"}, "e": 0}
+
+
+def test_names_survive_a_new_default_option(dataset, tmp_path, monkeypatch):
+    """A release that adds a config option with a default keeps the names (so the results) of finished runs."""
+    import everylabel.experiments.config as config_module
+
+    path = _sweep(tmp_path, dataset, methods={"supervised": {}, "weak": {"method.name": "weak"}}, seeds=1)
+    before = [r.name for r in expand(load_sweep(path))]
+    explicit = _sweep(tmp_path, dataset, methods={"supervised": {"method.name": "supervised"},
+                                                  "weak": {"method.name": "weak", "method.box_weight": 1.0}}, seeds=1)
+    assert [r.name for r in expand(load_sweep(explicit))] == before  # a default set explicitly is the default
+    original = config_module.config_from_dict
+
+    class WithNewOption:
+        def __init__(self, cfg):
+            self.cfg = cfg
+
+        def to_dict(self):
+            d = self.cfg.to_dict()
+            d["method"]["a_new_option"] = 0.5
+            return d
+
+    spec = load_sweep(path)
+    monkeypatch.setattr(config_module, "config_from_dict", lambda *a, **k: WithNewOption(original(*a, **k)))
+    assert [r.name for r in expand(spec)] == before

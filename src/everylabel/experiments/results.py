@@ -7,8 +7,9 @@ never read.
 
 A row (the JSON object of one run) holds:
 
-- identity: ``name`` (the run directory's name), ``run_hash`` (everything the run depends on), ``config_hash``
-  (the resolved training config), ``method``, ``protocol``, ``protocol_family``, ``seed``, ``fold``, ``folds``;
+- identity: ``name`` (the run directory's name), ``run_hash`` (everything the sweep file sets for the run),
+  ``config_hash`` (the training config's difference from the defaults), ``method``, ``protocol``,
+  ``protocol_family``, ``seed``, ``fold``, ``folds``;
 - the resolved ``config`` and the ``overrides`` that made it (base + method + seed), the ``protocol_spec``;
 - the budget: ``n_masks`` (training cases that kept their full mask), ``n_train_cases``, ``kinds`` (cases per
   annotation kind), ``cost_seconds``, ``full_mask_seconds``, ``cost_fraction`` and ``cost`` (by kind, the prices);

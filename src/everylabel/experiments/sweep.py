@@ -29,9 +29,11 @@ A sweep file (YAML; relative paths are relative to the file; only ``data`` and `
     cost: {mask: 78, box: 10}           # annotation prices, see everylabel.annotations.cost
 
 Every run of the grid gets a directory ``SWEEP_DIR/runs/<method>__<protocol>__seed<n>[__fold<k>]__<hash>``: the
-hash covers everything the run depends on (resolved config, protocol, seed, fold, data, metrics, prices), so a
-changed sweep file never passes for a finished run. :mod:`.run` describes what a run does, where its row goes,
-how runs resume and how to spread them over a cluster.
+hash covers everything the sweep file sets for the run (config, protocol, seed, fold, data, metrics, prices), so a
+changed sweep file never passes for a finished run. The config enters the hash as its difference from everylabel's
+defaults (:func:`config_delta`): a release that adds an option with a default keeps finished runs valid. Like any
+code change, a changed default value is not in the hash; the full resolved config is stored in every result row.
+:mod:`.run` describes what a run does, where its row goes, how runs resume and how to spread them over a cluster.
 
 Sweeps set ``data.val_fraction: 0`` unless the base config changes it: with a budget of a few masks, every mask
 should train (the model of a run is then its last checkpoint). With ``folds: k`` the train cases are split into k
@@ -114,6 +116,27 @@ def _check_name(name: str, where: str) -> str:
         raise ValueError(f"{where}: name {name!r} must use letters, digits, '_', '.', '+' or '-' (no '__', which "
                          "separates the parts of run names)")
     return name
+
+
+def config_delta(resolved: dict, defaults: dict) -> dict:
+    """The entries of a resolved config dict that differ from ``defaults`` (recursively; new keys are kept)."""
+    out = {}
+    for key, value in resolved.items():
+        base = defaults.get(key, _MISSING) if isinstance(defaults, dict) else _MISSING
+        if isinstance(value, dict) and isinstance(base, dict):
+            sub = config_delta(value, base)
+            if sub:
+                out[key] = sub
+        elif base is _MISSING or _canonical(value) != _canonical(base):
+            out[key] = value
+    return out
+
+
+_MISSING = object()
+
+
+def _canonical(value):
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 def _stable_hash(obj, n: int = 8) -> str:
@@ -403,6 +426,7 @@ def expand(spec: SweepSpec) -> list[RunSpec]:
     for f in folds:
         layout = source_manifest(spec.data, spec.folds, f, spec.fold_seed)
         pools[f] = layout["cases"]
+    defaults = config_from_dict({}).to_dict()
     runs = []
     for mname, changes in spec.methods.items():
         for pname, proto in spec.protocols.items():
@@ -414,7 +438,8 @@ def expand(spec: SweepSpec) -> list[RunSpec]:
                     overrides = merge(merge(spec.base, changes), {"train": {"seed": int(seed)}})
                     resolved = config_from_dict(overrides).to_dict()
                     pool = len([c for c in pools[fold] if c["split"] in parsed.splits and c["id"] not in parsed.cases])
-                    key = {"config": resolved, "protocol": proto, "seed": seed, "fold": fold, "folds": spec.folds,
+                    delta = config_delta(resolved, defaults)
+                    key = {"config": delta, "protocol": proto, "seed": seed, "fold": fold, "folds": spec.folds,
                            "fold_seed": spec.fold_seed, "data": spec.data, "metrics": list(spec.metrics),
                            "cost": spec.cost}
                     run_hash = _stable_hash(key)
@@ -424,7 +449,7 @@ def expand(spec: SweepSpec) -> list[RunSpec]:
                                         protocol_family=spec.families[pname], protocol_spec=proto, seed=int(seed),
                                         fold=fold, folds=spec.folds, fold_seed=spec.fold_seed, data=spec.data,
                                         overrides=overrides, metrics=spec.metrics, cost=spec.cost, run_hash=run_hash,
-                                        config_hash=_stable_hash(resolved, 12),
+                                        config_hash=_stable_hash(delta, 12),
                                         expected_masks=parsed.mask_count(pool)))
     return runs
 
