@@ -676,3 +676,21 @@ def test_weak_flags_raise():
         mil_loss(torch.zeros((1, 3, 2, 2)), tags=torch.zeros((1, 2)))
     with pytest.raises(ValueError, match="lower must broadcast"):
         size_constraint_loss(torch.zeros((1, 3, 2, 2)), lower=torch.zeros(4))
+
+
+def test_box_prior_defaults_are_the_authors_weights():
+    """Defaults = Kervadec et al.'s released PROMISE12 configuration: emptiness 1 and size 1 (both / |Omega|),
+    tightness 1e-4 (unnormalised), w = 5, t = 5. Emptiness at 1e-2 (an earlier misreading) left LA box runs at a
+    uniform low foreground probability."""
+    p = torch.full((10, 10), 0.1, dtype=torch.float64)
+    p[2:8, 2:8] = 0.6
+    x = torch.stack([torch.zeros_like(p), torch.log(p / (1 - p))])[None]
+    boxes, labels = [torch.tensor([[2.0, 2.0, 8.0, 8.0]])], [torch.tensor([1])]
+    psi = lambda z: extended_log_barrier(torch.tensor(z, dtype=torch.float64), 5.0)  # noqa: E731
+    # the 6-voxel box side splits into a 5-wide slab (5 x 6 x 0.6 = 18 >= 5) and a 1-wide one (3.6 >= 1), per axis
+    tight = 2 * (psi(5 - 18.0) + psi(1 - 3.6))
+    empty = psi(0.1 * 64)
+    size = psi(0.5 * 36 - 28.0) + psi(28.0 - 0.9 * 36)  # sum of p = 21.6 + 6.4
+    expected = empty / 100 + 1e-4 * tight + size / 100
+    got = box_prior_loss(x, boxes=boxes, box_labels=labels, size_bounds=(0.5, 0.9))
+    assert torch.isclose(got, expected, rtol=1e-10), (got, expected)
