@@ -27,6 +27,7 @@ from everylabel.experiments.sweep import (
     run_one,
     run_status,
     source_manifest,
+    stale_keys,
 )
 
 TINY = {"network.features": [8, 16], "data.patch_size": [32, 32], "data.batch_size": 2,
@@ -288,3 +289,31 @@ def test_names_survive_a_new_default_option(dataset, tmp_path, monkeypatch):
     spec = load_sweep(path)
     monkeypatch.setattr(config_module, "config_from_dict", lambda *a, **k: WithNewOption(original(*a, **k)))
     assert [r.name for r in expand(spec)] == before
+
+
+def test_changed_default_makes_a_finished_run_stale(dataset, tmp_path):
+    """A finished row whose stored config differs from today's resolution (a default changed since) is re-run from
+    scratch, its old outputs kept under runs/<name>/stale/; a row lacking a newer option stays done."""
+    path = _sweep(tmp_path, dataset, base={**TINY, "train": {"steps": 2}}, budgets={"masks": ["all"]})
+    spec = load_sweep(path)
+    (run,) = expand(spec)
+    sweep_dir = tmp_path / "sweep"
+    prepare(spec, [run], sweep_dir)
+    assert execute([run], sweep_dir, echo=lambda line: None) == {run.name: "ok"}
+    result = sweep_dir / "results" / f"{run.name}.json"
+    row = json.loads(result.read_text())
+    del row["config"]["method"]["ce_weight"]  # written before the option existed: still done
+    result.write_text(json.dumps(row))
+    assert run_status(sweep_dir, run) == "done" and stale_keys(row, run) == []
+    row["config"]["method"]["dice_weight"] = 0.5  # written when the default was 0.5
+    row["finished"] = "2026-01-01T00:00:00+0000"
+    result.write_text(json.dumps(row))
+    assert stale_keys(row, run) == ["method.dice_weight"] and run_status(sweep_dir, run) == "stale"
+    res = CliRunner().invoke(main, ["sweep", path, "--out", str(sweep_dir), "--dry-run"])
+    assert "1 stale" in res.output and "method.dice_weight" in res.output
+    assert execute([run], sweep_dir, echo=lambda line: None) == {run.name: "ok"}
+    new = json.loads(result.read_text())
+    assert run_status(sweep_dir, run) == "done" and not new["train"]["resumed"]
+    old = sweep_dir / "runs" / run.name / "stale" / "2026-01-01T000000+0000"
+    assert json.loads((old / "result.json").read_text())["config"]["method"]["dice_weight"] == 0.5
+    assert (old / "train" / "checkpoints" / "last.pt").is_file()

@@ -205,6 +205,8 @@ def run_one(run_dir: str | Path, progress: bool = False) -> dict:
                            "log": f"{rel}/run.log"}}
     t0 = time.perf_counter()
     with _Lock(run_dir):
+        if run_status(sweep_dir, spec) == "stale":  # a default changed since the row was written: start afresh
+            archive_stale(sweep_dir, spec)
         try:
             from everylabel.engine.evaluation import evaluate
             from everylabel.engine.predictor import predict
@@ -257,17 +259,62 @@ def run_one(run_dir: str | Path, progress: bool = False) -> dict:
 
 
 def run_status(sweep_dir: str | Path, run: RunSpec) -> str:
-    """``"done"`` (a row with status ok), ``"failed"`` (a failed row), ``"started"`` (a run directory with
-    training output but no row: interrupted, or running elsewhere) or ``"pending"``."""
+    """``"done"`` (a row with status ok), ``"stale"`` (a row with status ok whose stored config differs from the
+    run's config as everylabel resolves it now: a default changed since, see :func:`stale_keys`), ``"failed"`` (a
+    failed row), ``"started"`` (a run directory with training output but no row: interrupted, or running elsewhere)
+    or ``"pending"``."""
     from everylabel.experiments.results import read_result, result_path
 
     path = result_path(sweep_dir, run.name)
     if path.is_file():
         try:
-            return "done" if read_result(path)["status"] == "ok" else "failed"
+            row = read_result(path)
         except ValueError:
             return "pending"
+        if row["status"] != "ok":
+            return "failed"
+        return "stale" if stale_keys(row, run) else "done"
     return "started" if (Path(sweep_dir) / "runs" / run.name / "train").exists() else "pending"
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = json.dumps(v, sort_keys=True, default=str)
+    return out
+
+
+def stale_keys(row: dict, run: RunSpec) -> list[str]:
+    """Config keys whose value in a finished row differs from the run's config resolved by the current code.
+
+    Run names hash only the config's difference from the defaults (see :mod:`.sweep`), so a changed default keeps
+    the name; this comparison catches it. Keys that did not exist when the row was written (options added since,
+    at their defaults) are not compared.
+    """
+    from everylabel.experiments.config import config_from_dict
+
+    stored = _flatten(row.get("config") or {})
+    now = _flatten(config_from_dict(run.overrides).to_dict())
+    return sorted(k for k in stored.keys() & now.keys() if stored[k] != now[k])
+
+
+def archive_stale(sweep_dir: str | Path, run: RunSpec) -> Path:
+    """Move a stale run's row and outputs to ``RUN_DIR/stale/<finished time>/`` so the run starts afresh."""
+    from everylabel.experiments.results import read_result, result_path
+
+    run_dir = Path(sweep_dir) / "runs" / run.name
+    path = result_path(sweep_dir, run.name)
+    row = read_result(path)
+    dest = run_dir / "stale" / str(row.get("finished", _now())).replace(":", "")
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("train", "pred", "eval", "data"):  # run.log stays: the sweep appends to it
+        if (run_dir / name).exists():
+            os.replace(run_dir / name, dest / name)
+    os.replace(path, dest / "result.json")
+    return dest
 
 
 def run_command(sweep_dir: str | Path, run: RunSpec) -> list[str]:
@@ -345,4 +392,5 @@ def execute(runs: list[RunSpec], sweep_dir: str | Path, jobs: int = 1,
 
 
 __all__ = ["RunBusy", "RunInterrupted", "RunSpec", "execute", "fold_assignment", "run_command", "run_one",
-           "run_status", "shell_command", "source_manifest", "write_source_manifest"]
+           "run_status", "shell_command", "stale_keys", "archive_stale", "source_manifest",
+           "write_source_manifest"]

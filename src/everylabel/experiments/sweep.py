@@ -31,8 +31,10 @@ A sweep file (YAML; relative paths are relative to the file; only ``data`` and `
 Every run of the grid gets a directory ``SWEEP_DIR/runs/<method>__<protocol>__seed<n>[__fold<k>]__<hash>``: the
 hash covers everything the sweep file sets for the run (config, protocol, seed, fold, data, metrics, prices), so a
 changed sweep file never passes for a finished run. The config enters the hash as its difference from everylabel's
-defaults (:func:`config_delta`): a release that adds an option with a default keeps finished runs valid. Like any
-code change, a changed default value is not in the hash; the full resolved config is stored in every result row.
+defaults (:func:`config_delta`): a release that adds an option with a default keeps finished runs valid. A changed
+default value does not change the hash either, but every result row stores the full resolved config: a
+finished run whose stored config differs from today's resolution of its config is "stale" and runs again (its old
+outputs move to ``runs/<name>/stale/``; see :func:`~everylabel.experiments.run.stale_keys`).
 :mod:`.run` describes what a run does, where its row goes, how runs resume and how to spread them over a cluster.
 
 Sweeps set ``data.val_fraction: 0`` unless the base config changes it: with a budget of a few masks, every mask
@@ -70,6 +72,7 @@ from everylabel.experiments.run import (
     run_status,
     shell_command,
     source_manifest,
+    stale_keys,
 )
 
 SWEEP_KEYS = ("name", "data", "config", "base", "methods", "protocols", "budgets", "exclude", "seeds", "folds",
@@ -487,4 +490,4 @@ def summarize_plan(runs: list[RunSpec], sweep_dir: str | Path) -> list[dict]:
 
 __all__ = ["DEFAULT_METRICS", "RunBusy", "RunInterrupted", "RunSpec", "SweepSpec", "default_sweep_dir", "execute",
            "expand", "fold_assignment", "load_sweep", "nest", "prepare", "run_command", "run_one", "run_status",
-           "shell_command", "source_manifest", "summarize_plan"]
+           "shell_command", "source_manifest", "stale_keys", "summarize_plan"]
