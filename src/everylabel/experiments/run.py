@@ -277,13 +277,18 @@ def run_status(sweep_dir: str | Path, run: RunSpec) -> str:
     return "started" if (Path(sweep_dir) / "runs" / run.name / "train").exists() else "pending"
 
 
+def canonical(value) -> str:
+    """A config value in one comparable form (tuples and lists alike, keys sorted)."""
+    return json.dumps(value, sort_keys=True, default=str)
+
+
 def _flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
         if isinstance(v, dict):
             out.update(_flatten(v, f"{prefix}{k}."))
         else:
-            out[f"{prefix}{k}"] = json.dumps(v, sort_keys=True, default=str)
+            out[f"{prefix}{k}"] = canonical(v)
     return out
 
 

@@ -65,6 +65,7 @@ from everylabel.experiments.run import (
     RunBusy,
     RunInterrupted,
     RunSpec,
+    canonical,
     execute,
     fold_assignment,
     run_command,
@@ -125,21 +126,17 @@ def config_delta(resolved: dict, defaults: dict) -> dict:
     """The entries of a resolved config dict that differ from ``defaults`` (recursively; new keys are kept)."""
     out = {}
     for key, value in resolved.items():
-        base = defaults.get(key, _MISSING) if isinstance(defaults, dict) else _MISSING
+        base = defaults.get(key, _MISSING)
         if isinstance(value, dict) and isinstance(base, dict):
             sub = config_delta(value, base)
             if sub:
                 out[key] = sub
-        elif base is _MISSING or _canonical(value) != _canonical(base):
+        elif base is _MISSING or canonical(value) != canonical(base):
             out[key] = value
     return out
 
 
 _MISSING = object()
-
-
-def _canonical(value):
-    return json.dumps(value, sort_keys=True, default=str)
 
 
 def _stable_hash(obj, n: int = 8) -> str:
