@@ -694,30 +694,3 @@ def test_box_prior_defaults_are_the_authors_weights():
     expected = empty / 100 + 1e-4 * tight + size / 100
     got = box_prior_loss(x, boxes=boxes, box_labels=labels, size_bounds=(0.5, 0.9))
     assert torch.isclose(got, expected, rtol=1e-10), (got, expected)
-
-
-def test_multilabel_targets_complete_boxes():
-    """In a box-annotated sample, outside every box is background and an unboxed foreground class is absent."""
-    labels = torch.zeros((2, 1, 4, 4), dtype=torch.long)
-    valid = torch.zeros_like(labels, dtype=torch.bool)
-    boxes = [torch.tensor([[0.0, 0.0, 2.0, 2.0]]), torch.zeros((0, 4))]  # sample 1: a patch no box crosses
-    box_labels = [torch.tensor([1]), torch.zeros((0,), dtype=torch.long)]
-    sizes = [(4, 4), (2, 2)]
-    complete = torch.tensor([True, True])
-    targets, masks = multilabel_targets(labels, valid, boxes, box_labels, N, sizes, box_samples=complete)
-    inside = torch.zeros(4, 4, dtype=torch.bool)
-    inside[:2, :2] = True
-    # background: known positive outside the box at every scale, unknown inside it
-    assert (masks[0][0, 0] == ~inside).all() and (targets[0][0, 0][~inside] == 1).all()
-    assert masks[1][0, 0].tolist() == [[False, True], [True, True]]
-    # class 1: negative outside its box; inside positive from scale 1 on; class 2 has no box: absent everywhere
-    assert (masks[0][0, 1] == ~inside).all() and (targets[0][0, 1] == 0).all()
-    assert masks[1][0, 1, 0, 0] and targets[1][0, 1, 0, 0] == 1
-    assert masks[0][0, 2].all() and (targets[0][0, 2] == 0).all()
-    # the sample without a box in its patch: every foreground class absent, background everywhere
-    assert masks[0][1].all() and (targets[0][1, 0] == 1).all() and (targets[0][1, 1:] == 0).all()
-    # without box_samples: the old, per-class reading (nothing known about unboxed classes or background)
-    _, masks = multilabel_targets(labels, valid, boxes, box_labels, N, sizes)
-    assert not masks[0][1].any() and not masks[0][0, 0].any() and not masks[0][0, 2].any()
-    with pytest.raises(ValueError, match="box_samples must be"):
-        multilabel_targets(labels, valid, boxes, box_labels, N, sizes, box_samples=torch.tensor([True]))

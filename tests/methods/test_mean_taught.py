@@ -80,14 +80,3 @@ def test_teacher_is_updated_in_place_on_the_network_device():
         MeanTaughtDeepSupervision(MultilabelDeepSupervision(), ema_decay=1.0)
     with pytest.raises(ValueError, match="infer_with"):
         MeanTaughtDeepSupervision(MultilabelDeepSupervision(), infer_with="both")
-
-
-def test_complete_boxes_rule_out_unboxed_classes():
-    """With box_samples, a foreground class without a box in a box-annotated sample is allowed nowhere."""
-    boxes = [torch.tensor([[2.0, 2.0, 5.0, 6.0]]), torch.zeros(0, 4), torch.zeros(0, 4)]
-    box_labels = [torch.tensor([1]), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)]
-    box_samples = torch.tensor([True, True, False])  # sample 2 carries no BOXES kind
-    (allowed,) = allowed_classes([(8, 8)], (8, 8), 3, boxes=boxes, box_labels=box_labels, box_samples=box_samples)
-    assert (allowed[0, 2] == 0).all() and allowed[0, 1].sum() == 12 and (allowed[0, 0] == 1).all()
-    assert (allowed[1, 1:] == 0).all() and (allowed[1, 0] == 1).all()
-    assert (allowed[2] == 1).all()

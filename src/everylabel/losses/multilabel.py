@@ -14,11 +14,7 @@ scale gets a per-class sigmoid binary cross-entropy and the scales are averaged 
   (``classes``) uncovered classes learn nothing from the mask and background positives are not trusted;
 * boxes: a cell overlapping a class-k box is positive for k at the scales ``sizes[box_min_scale:]`` (at full
   resolution a filled box is a poor mask; coarse cells make it right); a cell entirely outside every class-k box is
-  a known negative for k at every scale. In the samples named by ``box_samples`` the boxes are complete (the
-  annotation model's BOXES: every object of every foreground class is boxed), so a foreground class without a box
-  there is a known negative everywhere (a slice no box crosses, a patch beside the boxes), and background is a
-  known positive in every cell holding a pixel outside all boxes. Without ``box_samples``, classes without a box in
-  a sample learn nothing from that sample's boxes and background learns nothing from boxes;
+  a known negative for k at every scale. Classes without a box in a sample learn nothing from that sample's boxes;
 * tags: a class tagged absent is a known negative everywhere; a class tagged present is positive in a global
   (all-ones) size. Supervise tags by appending the global size ``(1,) * ndim`` to ``sizes`` and the coarsest output
   once more to ``outputs``: :func:`multilabel_deep_supervision_loss` max-pools any output larger than its target
@@ -56,7 +52,7 @@ def multilabel_targets(labels: torch.Tensor | None, valid: torch.Tensor | None,
                        boxes: Sequence[torch.Tensor] | None = None, box_labels: Sequence[torch.Tensor] | None = None,
                        num_classes: int | None = None, sizes: Sequence[Sequence[int]] = (), *,
                        tags: torch.Tensor | None = None, classes: torch.Tensor | None = None,
-                       box_min_scale: int = 1, box_samples: torch.Tensor | None = None,
+                       box_min_scale: int = 1,
                        spatial_shape: Sequence[int] | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per-scale multi-label targets (B, N, *s) and validity masks from labels, boxes and tags.
 
@@ -73,8 +69,6 @@ def multilabel_targets(labels: torch.Tensor | None, valid: torch.Tensor | None,
             where an uncovered class is stored as background): uncovered classes learn nothing from the dense
             labels, and background cells are known positives only in samples covering every class.
         box_min_scale: first index into ``sizes`` whose box-derived positives are used.
-        box_samples: optional (B,) bool, the samples whose boxes are complete (they carry the BOXES kind, even
-            when no box falls inside their patch); see the module docstring.
         spatial_shape: S, needed only when ``labels`` is None.
 
     Returns:
@@ -117,16 +111,6 @@ def multilabel_targets(labels: torch.Tensor | None, valid: torch.Tensor | None,
         if len(boxes) != b or len(box_labels) != b:
             raise ValueError(f"boxes and box_labels need one entry per sample ({b})")
         box_pos, box_has = box_masks(boxes, box_labels, n, spatial, device)
-        if box_samples is not None:
-            if box_samples.shape != (b,):
-                raise ValueError(f"box_samples must be (B,) = ({b},), got {tuple(box_samples.shape)}")
-            complete = box_samples.to(device=device, dtype=torch.bool)
-            box_has = box_has.clone()
-            box_has[:, 1:] |= complete.view(b, 1)
-            # background: a known positive wherever no foreground box covers the pixel, unknown inside the boxes
-            box_pos = box_pos.clone()
-            box_pos[:, 0] = 1.0 - box_pos[:, 1:].amax(1) if n > 1 else 1.0
-            bg_box_known = complete
     view = (b, n, *([1] * len(spatial)))
     covered = bg_certain = None
     if classes is not None:
@@ -148,9 +132,6 @@ def multilabel_targets(labels: torch.Tensor | None, valid: torch.Tensor | None,
             pos = adaptive_max_pool(box_pos, size) > 0
             has = box_has.view(view).expand_as(known)
             box_known = has & (~pos | (s_index >= box_min_scale))
-            if box_samples is not None:  # background from complete boxes: positive cells only, at every scale
-                bg_known = bg_box_known.view(b, *([1] * (len(spatial) + 1))) & pos[:, :1]
-                box_known = torch.cat([bg_known, box_known[:, 1:]], 1)
             target = torch.where(box_known, pos.to(target.dtype), target)
             known = known | box_known
         if dense_pos is not None:

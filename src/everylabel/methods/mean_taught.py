@@ -5,8 +5,8 @@ Image Segmentation", CVPR 2021, Eq. 10: the student learns from the annotations 
 (Eq. 9, :mod:`everylabel.methods.multilabel`) and, on images with only tags, boxes or nothing, from the predictions
 of a mean teacher (Tarvainen & Valpola, NeurIPS 2017; weights ``theta'_t = alpha theta'_{t-1} + (1 - alpha)
 theta_t``), used as multi-label targets at every decoder scale. The teacher's predictions are restricted by the weak
-labels where present (:func:`mean_taught_targets`): zero outside the boxes of a class (boxes are complete: a
-foreground class without a box in a box-annotated sample is absent there), zero for a class tagged absent.
+labels where present (:func:`mean_taught_targets`): zero outside the boxes of a boxed class, zero for a class tagged
+absent.
 
     L = L_ML(student, annotations) + w(t) * L_ML(student, restricted sigmoid(teacher)),
 
@@ -44,14 +44,11 @@ from everylabel.methods.multilabel import MultilabelDeepSupervision
 
 def allowed_classes(sizes: Sequence[Sequence[int]], spatial_shape: Sequence[int], num_classes: int, *,
                     boxes: Sequence[torch.Tensor] | None = None, box_labels: Sequence[torch.Tensor] | None = None,
-                    tags: torch.Tensor | None = None, box_samples: torch.Tensor | None = None,
-                    device=None) -> list[torch.Tensor]:
+                    tags: torch.Tensor | None = None, device=None) -> list[torch.Tensor]:
     """Where each class may be predicted according to boxes and tags, at every size.
 
     A class tagged absent (0) is allowed nowhere; a boxed class only in the cells that overlap one of its boxes
-    (the filled boxes max-pooled to the size); in the samples of ``box_samples`` (complete boxes: every object of
-    every foreground class boxed) that holds for every foreground class, so one without a box is allowed nowhere;
-    every other class everywhere.
+    (the filled boxes max-pooled to the size); every other class everywhere.
 
     Args:
         sizes: spatial size of every scale.
@@ -59,7 +56,6 @@ def allowed_classes(sizes: Sequence[Sequence[int]], spatial_shape: Sequence[int]
         num_classes: N.
         boxes, box_labels: per sample, as in :class:`~everylabel.data.batch.Batch`, or None.
         tags: (B, N) with 1 present, 0 absent, -1 unknown, or None.
-        box_samples: optional (B,) bool, the samples carrying the BOXES kind (their boxes are complete).
 
     Returns:
         One float (B, N, *s) 0/1 tensor per size.
@@ -74,9 +70,6 @@ def allowed_classes(sizes: Sequence[Sequence[int]], spatial_shape: Sequence[int]
     inside = boxed = None
     if boxes is not None:
         inside, boxed = box_masks(boxes, box_labels, num_classes, spatial_shape, device)
-        if box_samples is not None:
-            boxed = boxed.clone()
-            boxed[:, 1:] |= box_samples.to(device=boxed.device, dtype=torch.bool).view(b, 1)
     out = []
     for size in sizes:
         a = allowed.expand(b, num_classes, *size)
@@ -89,15 +82,13 @@ def allowed_classes(sizes: Sequence[Sequence[int]], spatial_shape: Sequence[int]
 
 def mean_taught_targets(teacher_outputs: Sequence[torch.Tensor], spatial_shape: Sequence[int], *,
                         boxes: Sequence[torch.Tensor] | None = None, box_labels: Sequence[torch.Tensor] | None = None,
-                        tags: torch.Tensor | None = None, box_samples: torch.Tensor | None = None
-                        ) -> list[torch.Tensor]:
+                        tags: torch.Tensor | None = None) -> list[torch.Tensor]:
     """The teacher's sigmoid probabilities at every scale, zero where boxes or tags rule a class out.
 
     Args:
         teacher_outputs: teacher logits per scale (B, N, *s).
         spatial_shape: full-resolution S (the grid of the boxes).
-        boxes, box_labels, tags, box_samples: as for :func:`allowed_classes`; without boxes or tags the targets are
-            unrestricted.
+        boxes, box_labels, tags: as for :func:`allowed_classes`; without either the targets are unrestricted.
 
     Returns:
         One float32 (B, N, *s) target in [0, 1] per scale.
@@ -107,7 +98,7 @@ def mean_taught_targets(teacher_outputs: Sequence[torch.Tensor], spatial_shape: 
         return probs
     n = probs[0].shape[1]
     masks = allowed_classes([p.shape[2:] for p in probs], spatial_shape, n, boxes=boxes, box_labels=box_labels,
-                            tags=tags, box_samples=box_samples, device=probs[0].device)
+                            tags=tags, device=probs[0].device)
     return [p * m for p, m in zip(probs, masks)]
 
 
@@ -155,8 +146,7 @@ class MeanTaughtDeepSupervision(TeacherMethod):
         has_boxes, has_tags = bool(batch.has[Kind.BOXES].any()), bool((batch.tags >= 0).any())
         t_targets = mean_taught_targets(t_outs, x.shape[2:], boxes=batch.boxes if has_boxes else None,
                                         box_labels=batch.box_labels if has_boxes else None,
-                                        tags=batch.tags if has_tags else None,
-                                        box_samples=batch.has[Kind.BOXES] if has_boxes else None)
+                                        tags=batch.tags if has_tags else None)
         roi = batch.roi.to(torch.float32)
         open_ = [~m & (adaptive_max_pool(roi, m.shape[2:]) > 0) for m in known]
         cons = multilabel_deep_supervision_loss(outs, t_targets, open_)

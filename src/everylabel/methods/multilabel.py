@@ -3,8 +3,7 @@
 Reiß, Seibold, Freytag, Rodner & Stiefelhagen, "Every Annotation Counts: Multi-label Deep Supervision for Medical
 Image Segmentation", CVPR 2021, Eq. 9. A decoder scale whose cell covers several pixels gets a multi-label target:
 the one-hot mask max-pooled to that scale (a cell is positive for every class occurring in it). Filled boxes are
-max-pooled the same way and count at the coarser scales, where a box is a good approximation of the object (boxes
-are complete: outside them is background, and a class without a box in a box-annotated sample is absent); tags
+max-pooled the same way and count at the coarser scales, where a box is a good approximation of the object; tags
 supervise the coarsest output, globally max-pooled. Each scale gets a per-class sigmoid binary cross-entropy on the
 entries the annotations determine, and the scales are averaged with equal weights:
 
@@ -91,8 +90,7 @@ class MultilabelDeepSupervision(Method):
         targets, known = multilabel_targets(
             labels, valid, boxes=batch.boxes if with_boxes else None,
             box_labels=batch.box_labels if with_boxes else None, num_classes=num_classes, sizes=sizes,
-            tags=batch.tags.to(dev) if self.tags else None, classes=classes, box_min_scale=self.box_min_scale,
-            box_samples=has[Kind.BOXES] if with_boxes else None)
+            tags=batch.tags.to(dev) if self.tags else None, classes=classes, box_min_scale=self.box_min_scale)
         roi = batch.roi.to(torch.float32)
         known = [m & (adaptive_max_pool(roi, m.shape[2:]) > 0) for m in known]
         return targets, known

@@ -144,8 +144,7 @@ class SelfTraining(TeacherMethod):
                 allowed = allowed_classes([x.shape[2:]], x.shape[2:], source.shape[1],
                                           boxes=[batch.boxes[i] for i in ids] if has_boxes else None,
                                           box_labels=[batch.box_labels[i] for i in ids] if has_boxes else None,
-                                          tags=tags, device=x.device,
-                                          box_samples=batch.has[Kind.BOXES].to(x.device)[idx] if has_boxes else None)[0]
+                                          tags=tags, device=x.device)[0]
             unsup, confident = pseudo_label_loss(outputs[0][b:], source, threshold=self.threshold,
                                                  mask=batch.roi[idx] & kept, allowed=allowed)
             loss = loss + self.unlabelled_weight * unsup
