@@ -14,7 +14,11 @@ scale gets a per-class sigmoid binary cross-entropy and the scales are averaged 
   (``classes``) uncovered classes learn nothing from the mask and background positives are not trusted;
 * boxes: a cell overlapping a class-k box is positive for k at the scales ``sizes[box_min_scale:]`` (at full
   resolution a filled box is a poor mask; coarse cells make it right); a cell entirely outside every class-k box is
-  a known negative for k at every scale. Classes without a box in a sample learn nothing from that sample's boxes;
+  a known negative for k at every scale. Classes without a box in a sample learn nothing from that sample's boxes,
+  and background learns nothing from boxes. (Reading boxes as complete instead, background known outside them and
+  unboxed classes absent, was measured worse: on LA_heart_h5 with 2 masks + tight 2D boxes, 3 seeds, Dice fell from
+  83.3 to 52.2 with one seed collapsing to empty predictions; the extra full-resolution negatives swamp the few mask
+  positives);
 * tags: a class tagged absent is a known negative everywhere; a class tagged present is positive in a global
   (all-ones) size. Supervise tags by appending the global size ``(1,) * ndim`` to ``sizes`` and the coarsest output
   once more to ``outputs``: :func:`multilabel_deep_supervision_loss` max-pools any output larger than its target
