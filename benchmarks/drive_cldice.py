@@ -3,7 +3,9 @@
 Shit, Paetzold et al., "clDice - a novel topology-preserving loss function for tubular structure segmentation",
 CVPR 2021, Table 1 (DRIVE, FCN): soft-Dice 78.23 Dice / 78.02 clDice / beta0 error 2.187; alpha = 0.2: 78.75 /
 80.22 / 1.892. As in the paper, the baseline is soft-Dice alone (``method.ce_weight=0``) and L_c replaces it; the
-Dice term keeps everylabel's deep supervision, clDice acts on the full-resolution output (3 skeleton iterations).
+Dice term keeps everylabel's deep supervision, clDice acts on the full-resolution output (``--iterations`` soft
+skeleton iterations, default 3 as MONAI's; the paper asks for at least the largest vessel radius: on the DRIVE
+training masks 3 iterations recover 93.8 % of the scikit-image skeleton within 1 px, 5 recover 96.8 %, 10 no more).
 
 Setup: everylabel's default 2D U-Net, 128 x 128 patches, batch 8, AdamW + poly LR, ``--steps`` steps, the same
 seeds for every configuration; prediction with flip TTA.
@@ -19,6 +21,7 @@ reports Betti errors on random patches, so its values are smaller than whole-ima
 Usage:
   python benchmarks/drive_cldice.py                             # DRIVE, alphas 0 .1 .2 .3 .5, seeds 0 1 2
   python benchmarks/drive_cldice.py --dataset isbi --alphas 0,0.2,0.3 --seeds 0
+  python benchmarks/drive_cldice.py --alphas 0,0.2 --iterations 5   # L_c with 5 soft skeleton iterations
   python benchmarks/drive_cldice.py --speed-only                # the skeleton timing vs MONAI alone
 Runs are cached in --workdir (default $EVERYLABEL_BENCH_DIR/cldice_<dataset>, EVERYLABEL_BENCH_DIR defaulting to
 /tmp/everylabel_bench); a re-run skips finished runs.
@@ -37,11 +40,12 @@ from _common import MANIFESTS, case_ids, mean, mean_std, run_once, subset_manife
 METRICS = ("dice", "cldice", "betti0_error", "betti1_error")
 
 
-def configs(alphas: list[float]) -> list[tuple[str, list[str]]]:
+def configs(alphas: list[float], iterations: int = 3) -> list[tuple[str, list[str]]]:
     out = []
     for a in alphas:
-        label = "soft-Dice" if a == 0 else f"L_c, alpha={a:g}"
-        out.append((label, ["method.ce_weight=0", f"method.cldice_weight={a}"]))
+        label = "soft-Dice" if a == 0 else f"L_c, alpha={a:g}" + ("" if iterations == 3 else f", {iterations} it.")
+        over = ["method.ce_weight=0", f"method.cldice_weight={a}"]
+        out.append((label, over + ([] if a == 0 or iterations == 3 else [f"method.cldice_iterations={iterations}"])))
     return out
 
 
@@ -76,6 +80,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--iterations", type=int, default=3, help="soft skeleton iterations of L_c")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--fresh", action="store_true")
     ap.add_argument("--speed-only", action="store_true")
@@ -97,11 +102,13 @@ def main() -> None:
     if not args.speed_only:
         base = ["data.patch_size=[128, 128]", "data.batch_size=8", "data.val_fraction=0", f"train.steps={args.steps}",
                 "train.log_every=100", "train.checkpoint_every=100000", "train.val_every=100000"]
-        for label, over in configs(alphas):
+        for label, over in configs(alphas, args.iterations):
             per_run = []
             for split_name, manifest in splits(args.dataset, args.folds, workdir):
                 for seed in seeds:
-                    name = f"{split_name}_a{label.split('=')[-1] if '=' in label else '0'}_seed{seed}"
+                    alpha = label.split("=")[1].split(",")[0] if "=" in label else "0"
+                    it = "" if alpha == "0" or args.iterations == 3 else f"_it{args.iterations}"
+                    name = f"{split_name}_a{alpha}{it}_seed{seed}"
                     r = run_once(name, manifest, base + over + [f"train.seed={seed}"], workdir, metrics=METRICS,
                                  fresh=args.fresh)
                     per_run.append(r)
