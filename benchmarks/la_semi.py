@@ -48,11 +48,13 @@ def main() -> None:
         paths = write_report(sweep_dir)
         print(f"report: {paths['html']}")
     if args.drive:
-        d = scores(run_sweep("drive_semi", args.out.parent / "drive_semi", args.jobs, not args.no_run))
-        print("\nDRIVE, 2 of 20 training images labelled, 18 unlabelled; Dice (%) on the 20 test images in the FOV\n")
-        print("| method | Dice (%) |\n|---|---:|")
-        for m in METHODS:
-            print(f"| {m} | {fmt(d.get((m, '2masks_unlabelled'), []))} |")
+        drive_dir = run_sweep("drive_semi", args.out.parent / "drive_semi", args.jobs, not args.no_run)
+        d, dc = scores(drive_dir), scores(drive_dir, "cldice")
+        print("\nDRIVE, 2 of 20 training images labelled, 18 unlabelled; Dice and clDice (%) on the 20 test images "
+              "in the FOV\n")
+        print("| method | Dice (%) | clDice (%) |\n|---|---:|---:|")
+        for m, p in [(m, "2masks_unlabelled") for m in METHODS] + [("supervised", "allmasks")]:
+            print(f"| {m}, {p} | {fmt(d.get((m, p), []))} | {fmt(dc.get((m, p), []))} |")
     sup = mean(s.get(("supervised", BUDGETS[1]), []))
     best = max(METHODS[1:], key=lambda m: mean(s.get((m, BUDGETS[1]), [])) if s.get((m, BUDGETS[1])) else -1)
     gain2 = max(mean(s.get((m, BUDGETS[0]), [])) for m in METHODS[1:]) - mean(s.get(("supervised", BUDGETS[0]), []))
