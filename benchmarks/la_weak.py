@@ -22,7 +22,8 @@ from _sweeps import LA_DIR, add_run_options, failed, fmt, mean, run_sweep, score
 
 ROWS = [("full masks", "supervised", "allmasks"), ("tight 2D boxes (every slice)", "weak_crf", "boxes2d"),
         ("3D boxes (per-slice extent)", "weak_crf", "boxes3d"), ("points + CRF", "weak_crf", "points"),
-        ("scribbles + CRF", "weak_crf", "scribbles"), ("tags only", "weak_crf", "tags"),
+        ("scribbles + CRF", "weak_crf", "scribbles"),
+        ("scribbles + CRF + entropy (0.1)", "weak_crf_entropy", "scribbles"), ("tags only", "weak_crf", "tags"),
         ("2 masks + tight 2D boxes", "weak_crf", "2masks_boxes2d"),
         ("2 masks only", "supervised", "2masks_unlabelled")]
 DRIVE_ROWS = [("scribbles, partial CE", "weak", "scribbles"), ("scribbles, partial CE + CRF", "weak_crf", "scribbles")]
