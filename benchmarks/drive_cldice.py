@@ -40,12 +40,18 @@ from _common import MANIFESTS, case_ids, mean, mean_std, run_once, subset_manife
 METRICS = ("dice", "cldice", "betti0_error", "betti1_error")
 
 
-def configs(alphas: list[float], iterations: int = 3) -> list[tuple[str, list[str]]]:
+def configs(alphas: list[float], iterations: int = 3) -> list[tuple[str, str, list[str]]]:
+    """(table label, run-name tag, overrides) per alpha; alpha 0 is the soft-Dice baseline."""
     out = []
     for a in alphas:
-        label = "soft-Dice" if a == 0 else f"L_c, alpha={a:g}" + ("" if iterations == 3 else f", {iterations} it.")
         over = ["method.ce_weight=0", f"method.cldice_weight={a}"]
-        out.append((label, over + ([] if a == 0 or iterations == 3 else [f"method.cldice_iterations={iterations}"])))
+        if a == 0:
+            out.append(("soft-Dice", "a0", over))
+        elif iterations == 3:
+            out.append((f"L_c, alpha={a:g}", f"a{a:g}", over))
+        else:
+            out.append((f"L_c, alpha={a:g}, {iterations} it.", f"a{a:g}_it{iterations}",
+                        over + [f"method.cldice_iterations={iterations}"]))
     return out
 
 
@@ -102,13 +108,11 @@ def main() -> None:
     if not args.speed_only:
         base = ["data.patch_size=[128, 128]", "data.batch_size=8", "data.val_fraction=0", f"train.steps={args.steps}",
                 "train.log_every=100", "train.checkpoint_every=100000", "train.val_every=100000"]
-        for label, over in configs(alphas, args.iterations):
+        for label, tag, over in configs(alphas, args.iterations):
             per_run = []
             for split_name, manifest in splits(args.dataset, args.folds, workdir):
                 for seed in seeds:
-                    alpha = label.split("=")[1].split(",")[0] if "=" in label else "0"
-                    it = "" if alpha == "0" or args.iterations == 3 else f"_it{args.iterations}"
-                    name = f"{split_name}_a{alpha}{it}_seed{seed}"
+                    name = f"{split_name}_{tag}_seed{seed}"
                     r = run_once(name, manifest, base + over + [f"train.seed={seed}"], workdir, metrics=METRICS,
                                  fresh=args.fresh)
                     per_run.append(r)
