@@ -277,13 +277,10 @@ def sweep(sweep_file: str, out: str | None, jobs: int, dry_run: bool, print_comm
         counts[p["status"]] = counts.get(p["status"], 0) + 1
     click.echo(f"sweep {spec.name!r} in {sweep_dir}: {len(runs)} run(s) ("
                + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f"); {len(todo)} to run", err=True)
-    for run, p in zip(runs, plan):
+    for p in plan:
         if p["status"] == "stale":
-            from everylabel.experiments.results import read_result, result_path
-
-            keys = sw.stale_keys(read_result(result_path(sweep_dir, run.name)), run)
-            click.echo(f"stale (a default changed since it finished: {', '.join(keys)}; its outputs move to "
-                       f"runs/{run.name}/stale/ when it runs again): {run.name}", err=True)
+            click.echo(f"stale (a default changed since it finished: {', '.join(p['changed'])}; its outputs move to "
+                       f"runs/{p['name']}/stale/ when it runs again): {p['name']}", err=True)
     if dry_run:
         click.echo("| run | method | protocol | seed | fold | masks | status |")
         click.echo("|---|---|---|---:|---:|---:|---|")

@@ -258,11 +258,8 @@ def run_one(run_dir: str | Path, progress: bool = False) -> dict:
 # ------------------------------------------------------------------------------------------------------ processes
 
 
-def run_status(sweep_dir: str | Path, run: RunSpec) -> str:
-    """``"done"`` (a row with status ok), ``"stale"`` (a row with status ok whose stored config differs from the
-    run's config as everylabel resolves it now: a default changed since, see :func:`stale_keys`), ``"failed"`` (a
-    failed row), ``"started"`` (a run directory with training output but no row: interrupted, or running elsewhere)
-    or ``"pending"``."""
+def run_state(sweep_dir: str | Path, run: RunSpec) -> tuple[str, list[str]]:
+    """:func:`run_status` and, for a stale run, the config keys that changed (:func:`stale_keys`; else [])."""
     from everylabel.experiments.results import read_result, result_path
 
     path = result_path(sweep_dir, run.name)
@@ -270,11 +267,20 @@ def run_status(sweep_dir: str | Path, run: RunSpec) -> str:
         try:
             row = read_result(path)
         except ValueError:
-            return "pending"
+            return "pending", []
         if row["status"] != "ok":
-            return "failed"
-        return "stale" if stale_keys(row, run) else "done"
-    return "started" if (Path(sweep_dir) / "runs" / run.name / "train").exists() else "pending"
+            return "failed", []
+        changed = stale_keys(row, run)
+        return ("stale" if changed else "done"), changed
+    return ("started" if (Path(sweep_dir) / "runs" / run.name / "train").exists() else "pending"), []
+
+
+def run_status(sweep_dir: str | Path, run: RunSpec) -> str:
+    """``"done"`` (a row with status ok), ``"stale"`` (a row with status ok whose stored config differs from the
+    run's config as everylabel resolves it now: a default changed since, see :func:`stale_keys`), ``"failed"`` (a
+    failed row), ``"started"`` (a run directory with training output but no row: interrupted, or running elsewhere)
+    or ``"pending"``."""
+    return run_state(sweep_dir, run)[0]
 
 
 def canonical(value) -> str:
@@ -397,5 +403,5 @@ def execute(runs: list[RunSpec], sweep_dir: str | Path, jobs: int = 1,
 
 
 __all__ = ["RunBusy", "RunInterrupted", "RunSpec", "execute", "fold_assignment", "run_command", "run_one",
-           "run_status", "shell_command", "stale_keys", "archive_stale", "source_manifest",
+           "run_state", "run_status", "shell_command", "stale_keys", "archive_stale", "source_manifest",
            "write_source_manifest"]

@@ -70,6 +70,7 @@ from everylabel.experiments.run import (
     fold_assignment,
     run_command,
     run_one,
+    run_state,
     run_status,
     shell_command,
     source_manifest,
@@ -479,10 +480,15 @@ def prepare(spec: SweepSpec, runs: list[RunSpec], sweep_dir: str | Path) -> None
 
 
 def summarize_plan(runs: list[RunSpec], sweep_dir: str | Path) -> list[dict]:
-    """One line per run for ``--dry-run``: name, method, protocol, seed, fold, expected masks, status."""
-    return [{"name": r.name, "method": r.method, "protocol": r.protocol, "seed": r.seed,
-             "fold": "" if r.fold is None else r.fold, "masks": r.expected_masks,
-             "status": run_status(sweep_dir, r)} for r in runs]
+    """One line per run for ``--dry-run``: name, method, protocol, seed, fold, expected masks, status, and the
+    config keys whose defaults changed for a stale run (``changed``)."""
+    out = []
+    for r in runs:
+        status, changed = run_state(sweep_dir, r)
+        out.append({"name": r.name, "method": r.method, "protocol": r.protocol, "seed": r.seed,
+                    "fold": "" if r.fold is None else r.fold, "masks": r.expected_masks, "status": status,
+                    "changed": changed})
+    return out
 
 
 __all__ = ["DEFAULT_METRICS", "RunBusy", "RunInterrupted", "RunSpec", "SweepSpec", "default_sweep_dir", "execute",
