@@ -15,13 +15,15 @@ Metrics (everylabel.metrics, hard masks): Dice, clDice (scikit-image skeletons),
 (8-connected foreground, 4-connected background in 2D) on the whole test image (inside the FOV for DRIVE). The paper
 reports Betti errors on random patches, so its values are smaller than whole-image ones; compare the trend.
 
-"Best alpha" = the alpha with the highest mean clDice among those losing at most 0.5 Dice points to soft-Dice
-(if none qualifies: the highest clDice).
+"Best alpha" = the alpha with the highest mean clDice among those losing at most 0.5 Dice points to the baseline
+(if none qualifies: the highest clDice). ``--base dicece`` compares everylabel's default loss, Dice + CE, with
+(1 - alpha)(Dice + CE) + alpha softclDice: clDice as a term added to the loss a user already trains with.
 
 Usage:
   python benchmarks/drive_cldice.py                             # DRIVE, alphas 0 .1 .2 .3 .5, seeds 0 1 2
   python benchmarks/drive_cldice.py --dataset isbi --alphas 0,0.2,0.3 --seeds 0
   python benchmarks/drive_cldice.py --alphas 0,0.2 --iterations 5   # L_c with 5 soft skeleton iterations
+  python benchmarks/drive_cldice.py --base dicece --alphas 0,0.2,0.3,0.5   # clDice on top of Dice + CE
   python benchmarks/drive_cldice.py --speed-only                # the skeleton timing vs MONAI alone
 Runs are cached in --workdir (default $EVERYLABEL_BENCH_DIR/cldice_<dataset>, EVERYLABEL_BENCH_DIR defaulting to
 /tmp/everylabel_bench); a re-run skips finished runs.
@@ -40,17 +42,27 @@ from _common import MANIFESTS, case_ids, mean, mean_std, run_once, subset_manife
 METRICS = ("dice", "cldice", "betti0_error", "betti1_error")
 
 
-def configs(alphas: list[float], iterations: int = 3) -> list[tuple[str, str, list[str]]]:
-    """(table label, run-name tag, overrides) per alpha; alpha 0 is the soft-Dice baseline."""
+BASELINES = {"softdice": "soft-Dice", "dicece": "Dice + CE"}
+
+
+def configs(alphas: list[float], iterations: int = 3, base: str = "softdice") -> list[tuple[str, str, list[str]]]:
+    """(table label, run-name tag, overrides) per alpha; alpha 0 is the baseline.
+
+    ``base`` "softdice": the paper's set-up, soft-Dice alone vs L_c = (1 - a) softDice + a softclDice.
+    ``base`` "dicece": everylabel's default supervised loss, Dice + CE, vs (1 - a) (Dice + CE) + a softclDice.
+    """
     out = []
     for a in alphas:
-        over = ["method.ce_weight=0", f"method.cldice_weight={a}"]
-        if a == 0:
-            out.append(("soft-Dice", "a0", over))
-        elif iterations == 3:
-            out.append((f"L_c, alpha={a:g}", f"a{a:g}", over))
+        if base == "softdice":
+            over, prefix, term = ["method.ce_weight=0", f"method.cldice_weight={a}"], "", "L_c"
         else:
-            out.append((f"L_c, alpha={a:g}, {iterations} it.", f"a{a:g}_it{iterations}",
+            over, prefix, term = [f"method.cldice_weight={a}"], "dce_", "Dice + CE + clDice"
+        if a == 0:
+            out.append((BASELINES[base], f"{prefix}a0", over))
+        elif iterations == 3:
+            out.append((f"{term}, alpha={a:g}", f"{prefix}a{a:g}", over))
+        else:
+            out.append((f"{term}, alpha={a:g}, {iterations} it.", f"{prefix}a{a:g}_it{iterations}",
                         over + [f"method.cldice_iterations={iterations}"]))
     return out
 
@@ -87,6 +99,8 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--iterations", type=int, default=3, help="soft skeleton iterations of L_c")
+    ap.add_argument("--base", choices=tuple(BASELINES), default="softdice",
+                    help="baseline loss: soft-Dice alone (the paper's) or Dice + CE (everylabel's default)")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--fresh", action="store_true")
     ap.add_argument("--speed-only", action="store_true")
@@ -108,7 +122,7 @@ def main() -> None:
     if not args.speed_only:
         base = ["data.patch_size=[128, 128]", "data.batch_size=8", "data.val_fraction=0", f"train.steps={args.steps}",
                 "train.log_every=100", "train.checkpoint_every=100000", "train.val_every=100000"]
-        for label, tag, over in configs(alphas, args.iterations):
+        for label, tag, over in configs(alphas, args.iterations, args.base):
             per_run = []
             for split_name, manifest in splits(args.dataset, args.folds, workdir):
                 for seed in seeds:
@@ -135,7 +149,7 @@ def main() -> None:
         print("\nsoft skeleton, forward + backward (benchmarks/cldice_speed.py):\n" + table)
 
     if rows:
-        base_label = "soft-Dice"
+        base_label = BASELINES[args.base]
         m = {label: {k: mean([r["metrics"][k] for r in runs]) for k in METRICS} for label, runs in rows.items()}
         b = m[base_label]
         cands = [lab for lab in m if lab != base_label]
