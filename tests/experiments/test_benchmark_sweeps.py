@@ -10,7 +10,9 @@ import pytest
 from everylabel.experiments.sweep import expand, load_sweep
 
 SWEEPS = Path(__file__).resolve().parents[2] / "benchmarks" / "sweeps"
-STUDIES = sorted(p for p in SWEEPS.glob("*.yaml") if p.name != "la_base.yaml")  # la_base.yaml is a base config
+NOT_SWEEPS = ("la_base.yaml", "la_heart_tune.yaml")  # a base config and a manifest (the LA tuning split)
+STUDIES = sorted(p for p in SWEEPS.glob("*.yaml") if p.name not in NOT_SWEEPS)
+MANIFESTS = SWEEPS.parents[1] / "examples" / "manifests"
 
 
 @pytest.mark.parametrize("path", STUDIES, ids=[p.stem for p in STUDIES])
@@ -18,7 +20,20 @@ def test_benchmark_sweep_loads_and_expands(path, shared_dataset):
     shared_dataset("DRIVE" if "drive" in path.stem else "LA_heart_h5")
     runs = expand(load_sweep(path))
     assert runs and len({r.name for r in runs}) == len(runs)
-    assert {r.seed for r in runs} == {0, 1, 2}  # every study reports mean ± std over 3 seeds
+    if not path.stem.endswith("_tune"):  # every study reports mean ± std over 3 seeds; tuning sweeps choose a row
+        assert {r.seed for r in runs} == {0, 1, 2}
+
+
+def test_tuning_split_holds_out_training_cases_only(shared_dataset):
+    """The LA tuning sweep chooses settings on 4 of the 16 training volumes, never on the 4 test volumes."""
+    import yaml
+
+    shared_dataset("LA_heart_h5")
+    real = {c["id"]: c["split"] for c in yaml.safe_load((MANIFESTS / "la_heart.yaml").read_text())["cases"]}
+    spec = load_sweep(SWEEPS / "la_scribbles_tune.yaml")
+    tune = {c["id"]: c["split"] for c in yaml.safe_load(Path(spec.data).read_text())["cases"]}
+    assert {real[i] for i in tune} == {"train"} and len(tune) == 16
+    assert sorted(tune.values()).count("test") == 4
 
 
 def test_label_budget_study_is_the_issue_7_grid(shared_dataset):
