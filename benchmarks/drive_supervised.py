@@ -153,6 +153,7 @@ INFER_ROI = (64, 64, 64)
 INFER_CROP = (slice(None), slice(None), slice(0, 128), slice(0, 128), slice(0, 64))  # 9 windows
 INFER_RUNS = {  # everylabel runs with convention="monai": (windows per call, channels_last_3d network, bf16 autocast)
     "fp32": (4, False, False),  # the library's default batching
+    "fp32_cl1": (1, True, False),  # MONAI's one window per call, channels-last weights
     "fp32_cl2": (2, True, False),  # 2 windows per call was the cheapest per window for this network here
     "fp32_cl3": (3, True, False),
     "fp32_fast": (8, True, False),
