@@ -60,3 +60,22 @@ def test_sweeps_sharing_a_directory_share_run_names(shared_dataset):
     assert shared_semi and shared_semi <= names["la_budgets"]
     shared_weak = {n for n in names["la_weak"] if "2masks_boxes2d" in n or n.startswith("supervised__allmasks")}
     assert shared_weak and shared_weak <= names["la_budgets"]
+
+
+def test_cldice_benchmark_baselines_never_share_cached_runs():
+    """drive_cldice.py caches runs by tag: the Dice + CE rows must not reuse the soft-Dice rows, and only the
+    soft-Dice set-up (the paper's) switches CE off."""
+    import sys
+
+    sys.path.insert(0, str(SWEEPS.parent))
+    try:
+        import drive_cldice
+    finally:
+        sys.path.remove(str(SWEEPS.parent))
+    soft = drive_cldice.configs([0, 0.2], 3, "softdice")
+    dce = drive_cldice.configs([0, 0.2], 3, "dicece")
+    assert not {tag for _, tag, _ in soft} & {tag for _, tag, _ in dce}
+    assert all("method.ce_weight=0" in over for _, _, over in soft)
+    assert not any(o.startswith("method.ce_weight") for _, _, over in dce for o in over)
+    assert [label for label, _, _ in dce][0] == drive_cldice.BASELINES["dicece"]
+    assert "method.cldice_weight=0.2" in dce[1][2]
