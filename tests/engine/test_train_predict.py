@@ -55,6 +55,16 @@ def test_train_predict_evaluate(dataset, tmp_path):
     assert len(summary["records"]) == 4
 
 
+def test_strided_stem_from_config_trains_and_predicts(dataset, tmp_path):
+    run = tmp_path / "run"
+    train(dataset, run, _cfg("train.steps=2", "network.stem_stride=2", "network.stem_features=4"), progress=False)
+    plan = json.loads((run / "plan.json").read_text())
+    assert plan["network"]["stem_stride"] == 2 and plan["network"]["stem_features"] == 4
+    assert all(p % 8 == 0 for p in plan["patch_size"])  # the stem's stride enters the divisor
+    outs = predict(run, dataset / "imagesTs", tmp_path / "pred", progress=False)
+    assert np.asarray(Image.open(outs[0])).shape == (64, 64)
+
+
 def test_resume_is_exact(dataset, tmp_path):
     full = tmp_path / "full"
     train(dataset, full, _cfg("train.steps=6"), progress=False)

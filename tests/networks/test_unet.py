@@ -114,6 +114,38 @@ def test_divisor_and_custom_strides():
     assert UNet(3, 1, 2, features=(4, 8, 16, 32, 64)).divisor == 16
 
 
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("attention", [False, True])
+def test_strided_stem_shapes_and_predict_logits(spatial_dims, attention):
+    net = UNet(spatial_dims, 1, 3, features=SMALL, stem_stride=2, attention=attention).eval()
+    assert net.divisor == 8 and net.num_outputs == 3  # one output more than depth - 1
+    assert net.stem_head.conv.in_channels == SMALL[0] // 2  # full-resolution map: half the first stage's channels
+    x = _input(spatial_dims)
+    outputs = net(x)
+    assert [tuple(o.shape[2:]) for o in outputs] == [(16,) * spatial_dims, (8,) * spatial_dims, (4,) * spatial_dims]
+    torch.testing.assert_close(net.predict_logits(x), outputs[0])
+    # The first stage runs at half resolution: no 3x3 convolution produces a full-resolution map.
+    seen = []
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape[2:])))
+             for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)) and m.kernel_size[0] == 3]
+    net.predict_logits(x)
+    for h in hooks:
+        h.remove()
+    assert len(seen) == 2 * (2 * len(SMALL) - 1) and max(seen) == (8,) * spatial_dims
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_strided_stem_gradients_and_stem_features(spatial_dims):
+    net = UNet(spatial_dims, 2, 2, features=SMALL, stem_stride=2, stem_features=3, residual=True)
+    assert net.stem_head.conv.in_channels == 3
+    loss = sum(o.square().mean() for o in net(_input(spatial_dims, channels=2)))
+    loss.backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    with pytest.raises(ValueError, match=r"must be divisible by 8 \(stem_stride 2"):
+        net(torch.zeros(1, 2, *(12,) * spatial_dims))
+
+
 def test_indivisible_input_raises():
     net = UNet(2, 1, 2, features=(4, 8, 16, 32))
     with pytest.raises(ValueError, match=r"\(20, 16\) must be divisible by 8"):
@@ -134,6 +166,8 @@ def test_indivisible_input_raises():
         ({"dropout": -0.1}, r"dropout must be in \[0, 1\)"),
         ({"strides": (2,)}, "strides must have len"),
         ({"strides": (2, 0)}, "strides must be positive integers"),
+        ({"stem_stride": 0}, "stem_stride must be a positive integer"),
+        ({"stem_stride": 2, "stem_features": 0}, "stem_features must be a positive integer"),
     ],
 )
 def test_bad_arguments_raise(kwargs, message):

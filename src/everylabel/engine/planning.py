@@ -83,7 +83,8 @@ def network_kwargs(cfg, spatial_dims: int, in_channels: int, num_classes: int) -
     kwargs = dict(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes)
     optional = dict(features=None if cfg.network.features is None else tuple(cfg.network.features),
                     norm=cfg.network.norm, residual=cfg.network.residual, attention=cfg.network.attention,
-                    dropout=cfg.network.dropout)
+                    dropout=cfg.network.dropout, stem_stride=cfg.network.stem_stride,
+                    stem_features=cfg.network.stem_features)
     for key, value in optional.items():
         if key in params and value is not None:
             kwargs[key] = value

@@ -68,6 +68,10 @@ class NetworkConfig:
     attention: bool = False
     dropout: float = 0.0
     deep_supervision: bool = True
+    stem_stride: int = 1
+    """Stride of the U-Net's first convolution: 1 = nnU-Net layout, 2 = MONAI-like strided stem (see UNet)."""
+    stem_features: int | None = None
+    """Channels of a strided stem's full-resolution map; None = half the first stage's."""
 
 
 @dataclass(frozen=True)

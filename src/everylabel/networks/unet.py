@@ -10,6 +10,12 @@ Options:
       al., "Deep Residual Learning for Image Recognition", CVPR 2016), with a 1x1 projection when the shape changes.
     - ``attention=True`` gates every skip connection with an additive attention gate (Oktay et al., "Attention
       U-Net: Learning Where to Look for the Pancreas", MIDL 2018); the gating signal is the coarser decoder level.
+    - ``stem_stride=2`` makes the first convolution strided, as MONAI's ``UNet`` does (Kerfoot et al., "Left-Ventricle
+      Quantification Using Residual U-Net", STACOM 2018): the first stage runs at half resolution and a transposed
+      convolution + normalisation + LeakyReLU brings the last decoder level back to full resolution (with half its
+      channels, ``stem_features``) for a 1x1 head, an extra output in front of the others. No 3x3 convolution
+      runs at full resolution: with the same parameters a training step costs about 0.6x in 2D and 0.4x in 3D
+      (BENCHMARKS.md, "Training step").
 
 CPU speed: activations and weights are kept in channels-last memory format, where oneDNN convolutions are about
 twice as fast; normalisation + LeakyReLU is one autograd node written for that layout, and the 1x1 heads are matrix
@@ -229,10 +235,15 @@ class UNet(nn.Module):
         dropout: channel dropout probability applied at the end of every stage, in ``[0, 1)``.
         strides: downsampling factor between consecutive stages, ``len(features) - 1`` positive integers;
             defaults to 2 everywhere.
+        stem_stride: stride of the very first convolution (1: nnU-Net layout, the first stage at full resolution;
+            2: MONAI-like strided stem, see the module docstring).
+        stem_features: channels of the full-resolution map of a strided stem; defaults to ``features[0] // 2``
+            (at least 1), continuing the halving of channels from one level to the next finer one.
 
     Shapes:
         - Input: (B, C, *S) with every spatial size divisible by :attr:`divisor`.
-        - Output: list of ``depth - 1`` tensors, full resolution first: (B, N, *S), (B, N, *S / s_0), ...
+        - Output: list of :attr:`num_outputs` tensors, full resolution first: (B, N, *S), (B, N, *S / s_0), ...
+          (``depth - 1`` of them, one more with a strided stem, whose second output is at ``S / stem_stride``).
 
     Example:
         >>> net = UNet(2, in_channels=1, out_channels=3)
@@ -251,6 +262,8 @@ class UNet(nn.Module):
         attention: bool = False,
         dropout: float = 0.0,
         strides: Sequence[int] | None = None,
+        stem_stride: int = 1,
+        stem_features: int | None = None,
     ) -> None:
         super().__init__()
         features = tuple(features)
@@ -274,7 +287,12 @@ class UNet(nn.Module):
             )
         if not all(_is_positive_int(s) for s in strides):
             raise ValueError(f"strides must be positive integers, got {strides!r}.")
-        in_channels, out_channels = int(in_channels), int(out_channels)
+        if not _is_positive_int(stem_stride):
+            raise ValueError(f"stem_stride must be a positive integer, got {stem_stride!r}.")
+        stem_features = max(int(features[0]) // 2, 1) if stem_features is None else stem_features
+        if not _is_positive_int(stem_features):
+            raise ValueError(f"stem_features must be a positive integer, got {stem_features!r}.")
+        in_channels, out_channels, stem_stride = int(in_channels), int(out_channels), int(stem_stride)
         features, strides = tuple(int(f) for f in features), tuple(int(s) for s in strides)
 
         self.spatial_dims = spatial_dims
@@ -282,12 +300,14 @@ class UNet(nn.Module):
         self.out_channels = out_channels
         self.features = features
         self.strides = strides
+        self.stem_stride = stem_stride
         self.attention = attention
-        self.num_outputs = len(features) - 1
+        self._stem = stem_stride > 1
+        self.num_outputs = len(features) - 1 + self._stem
         self._memory_format = torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
 
         transposed = nn.ConvTranspose2d if spatial_dims == 2 else nn.ConvTranspose3d
-        stage_strides = (1, *strides)
+        stage_strides = (stem_stride, *strides)
         self.encoder = nn.ModuleList(
             _Stage(spatial_dims, c_in, c_out, s, norm, residual, dropout)
             for c_in, c_out, s in zip((in_channels, *features[:-1]), features, stage_strides)
@@ -305,6 +325,13 @@ class UNet(nn.Module):
             _Stage(spatial_dims, 2 * features[i], features[i], 1, norm, residual, dropout) for i in levels
         )
         self.heads = nn.ModuleList(_Pointwise(spatial_dims, features[i], out_channels) for i in levels)
+        if self._stem:  # back to full resolution: transposed conv -> norm -> act -> 1x1 head
+            stem_features = int(stem_features)
+            self.stem_up = nn.Sequential(
+                transposed(features[0], stem_features, stem_stride, stride=stem_stride, bias=norm == "none"),
+                _norm_act(norm, spatial_dims, stem_features, act=True),
+            )
+            self.stem_head = _Pointwise(spatial_dims, stem_features, out_channels)
         self.apply(self._init_weights)
         self.to(memory_format=self._memory_format)
 
@@ -317,8 +344,8 @@ class UNet(nn.Module):
 
     @property
     def divisor(self) -> int:
-        """Every input spatial size must be a multiple of this number (the product of the strides)."""
-        return math.prod(self.strides)
+        """Every input spatial size must be a multiple of this number (the product of all strides)."""
+        return self.stem_stride * math.prod(self.strides)
 
     def _check_input(self, x: Tensor) -> None:
         if x.ndim != self.spatial_dims + 2:
@@ -332,7 +359,7 @@ class UNet(nn.Module):
         if any(s % self.divisor for s in size):
             raise ValueError(
                 f"UNet input spatial size {size} must be divisible by {self.divisor} "
-                f"(product of strides {self.strides}); pad or crop the input."
+                f"(stem_stride {self.stem_stride} x strides {self.strides}); pad or crop the input."
             )
 
     def _decode(self, x: Tensor, num_heads: int) -> list[Tensor]:
@@ -342,13 +369,16 @@ class UNet(nn.Module):
         for stage in self.encoder:
             skips.append(x := stage(x))
         outputs: list[Tensor] = []
-        for level in reversed(range(self.num_outputs)):
+        offset = int(self._stem)  # output index of decoder level 0
+        for level in reversed(range(len(self.decoder))):
             skip = skips[level]
             if self.attention:
                 skip = self.gates[level](skip, x)
             x = self.decoder[level](torch.cat([self.upsample[level](x), skip], dim=1))
-            if level < num_heads:
+            if level + offset < num_heads:
                 outputs.append(self.heads[level](x).contiguous())
+        if self._stem:
+            outputs.append(self.stem_head(self.stem_up(x)).contiguous())
         return outputs[::-1]
 
     def forward(self, x: Tensor) -> list[Tensor]:
