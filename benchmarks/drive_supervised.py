@@ -1,14 +1,21 @@
-"""DRIVE full-mask benchmark: everylabel's default 2D U-Net vs MONAI's UNet, trained the same way in one script.
+"""DRIVE full-mask benchmark: everylabel's 2D U-Net layouts vs MONAI's UNet, trained the same way in one script.
 
-Parts (all by default):
-  train  - train everylabel's default U-Net (budget B minutes and B/2 minutes) and MONAI's UNet (B minutes) with
-           the same loop, loss (Dice + CE, deep supervision where the network has it), augmentation, optimiser
-           (AdamW, poly LR), 128x128 patches, batch 8, bf16 autocast; evaluate on DRIVE's 20 test images inside the
-           field of view (1st observer), with flip test-time augmentation for both. The step count of a
-           B-minute budget comes from a timed warm-up.
-  step   - median time of one training step (forward + backward + AdamW) of everylabel's U-Net at its training
+everylabel's U-Net layouts (``LAYOUTS``; ``--layouts`` picks them, the first one feeds the RESULT line):
+  nnunet - the nnU-Net layout, two 3x3 convolutions per stage from full resolution on, features (8, ..., 256);
+  stem   - a strided first convolution as in MONAI's UNet, features (16, 32, 64, 128, 256) from half resolution
+           on, a transposed convolution back to an 8-channel full-resolution map (``network.stem_stride=2``).
+
+Parts (train, step and infer by default):
+  train  - train each layout (budget B minutes and B/2 minutes) and MONAI's UNet (B minutes) with the same loop,
+           loss (Dice + CE, deep supervision where the network has it), augmentation, optimiser (AdamW, poly LR),
+           128x128 patches, batch 8, bf16 autocast; evaluate on DRIVE's 20 test images inside the field of view
+           (1st observer), with flip test-time augmentation for all. The step count of a budget comes from a timed
+           30-step warm-up.
+  train3d - (not run by default) each layout in 3D on LA_heart_h5 (16 training volumes, the planner's 64^3 patches
+           and batch 2, budget --minutes-3d), test Dice on the 4 test volumes without TTA.
+  step   - median time of one training step (forward + backward + AdamW) of each layout at everylabel's training
            defaults (bf16 autocast, channels_last) and of MONAI's UNet at its defaults (fp32), similar parameter
-           counts, same batch: 2D (8, 3, 128, 128) and 3D (2, 1, 64, 64, 64); interleaved A/B repeats.
+           counts, same batch: 2D (8, 3, 128, 128) and 3D (2, 1, 64, 64, 64); interleaved repeats.
   infer  - sliding-window inference of MONAI's 3D UNet (``monai_unet``, random weights; the same network on both
            sides) on a 256x256x128 volume with 64^3 windows, overlap 0.5, Gaussian blending: MONAI's
            sliding_window_inference at its default (one window per call, fp32) vs everylabel's with
@@ -21,9 +28,11 @@ Parts (all by default):
            everylabel's default window placement (4 windows per call, fp32 and bf16).
 
 Usage:
-  python benchmarks/drive_supervised.py                      # everything (~30 min on 2 cores)
-  python benchmarks/drive_supervised.py --parts step,infer   # the speed parts only (~3 min)
-Ends with: RESULT drive_dice=... train_minutes=... step_ratio_vs_monai=... step_ratio_3d_vs_monai=...
+  python benchmarks/drive_supervised.py                      # train, step, infer (~60 min on 2 cores)
+  python benchmarks/drive_supervised.py --parts step,infer   # the speed parts only (~4 min)
+  python benchmarks/drive_supervised.py --parts train3d      # 3D layouts on LA_heart_h5 (~35 min)
+Ends with: RESULT drive_dice=... train_minutes=... drive_dice_half_budget=... monai_drive_dice=...
+step_ratio_vs_monai=... step_ratio_3d_vs_monai=... [la3d_dice_<layout>=...]
 infer_ratio_vs_monai=... infer_ratio_bf16_vs_monai=... infer_label_agreement_fp32=... infer_label_agreement_bf16=...
 infer_ratio_fast_vs_monai=...
 """
@@ -45,6 +54,19 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 MANIFEST = REPO / "examples" / "manifests" / "drive.yaml"
+LA_MANIFEST = REPO / "examples" / "manifests" / "la_heart.yaml"
+DRIVE_BASE = ("data.patch_size=[128, 128]", "data.batch_size=8")
+LA_BASE = ()  # 3D: the planner's defaults (64^3 patches, batch 2)
+# everylabel U-Net layouts compared (constructor arguments; the training runs get the same as config overrides).
+LAYOUTS = {
+    "stem": {"stem_stride": 2, "features": (16, 32, 64, 128, 256)},  # the default: strided stem, MONAI's channels
+    "nnunet": {"stem_stride": 1, "features": (8, 16, 32, 64, 128, 256)},  # two 3x3 convs per stage from full res.
+}
+
+
+def layout_overrides(name: str) -> tuple[str, ...]:
+    """The ``--set`` overrides that give a training run the constructor arguments of ``LAYOUTS[name]``."""
+    return tuple(f"network.{k}={list(v) if isinstance(v, tuple) else v}" for k, v in LAYOUTS[name].items())
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -65,7 +87,10 @@ def peak_rss_mb() -> float:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-def train_and_evaluate(network: str, minutes: float, seed: int, workdir: Path, sec_per_step: float | None) -> dict:
+def train_and_evaluate(network: str, minutes: float, seed: int, workdir: Path, sec_per_step: float | None,
+                       overrides: tuple[str, ...] = (), tag: str = "", manifest: Path = MANIFEST,
+                       base: tuple[str, ...] = DRIVE_BASE, tta: bool = True) -> dict:
+    """Train for a wall-clock budget (steps from a timed 30-step warm-up), predict the test split, Dice."""
     from everylabel.engine.evaluation import evaluate
     from everylabel.engine.predictor import predict
     from everylabel.engine.trainer import train
@@ -73,30 +98,31 @@ def train_and_evaluate(network: str, minutes: float, seed: int, workdir: Path, s
     from everylabel.networks import NETWORKS
 
     NETWORKS.setdefault("monai_unet", monai_unet)
-    common = [f"network.name={network}", "data.patch_size=[128, 128]", "data.batch_size=8",
-              "data.val_fraction=0", f"train.seed={seed}", "train.log_every=100", "train.checkpoint_every=100000"]
+    common = [f"network.name={network}", *base, "data.val_fraction=0", f"train.seed={seed}", "train.log_every=100",
+              "train.checkpoint_every=100000", *overrides]
+    name = network + (f"_{tag}" if tag else "")
     if sec_per_step is None:
-        warm = workdir / f"{network}_warmup"
-        m = train(MANIFEST, warm, load_config(None, common + ["train.steps=30"]), progress=False)
+        warm = workdir / f"{name}_warmup"
+        m = train(manifest, warm, load_config(None, common + ["train.steps=30"]), progress=False)
         sec_per_step = m["train_seconds"] / 30
     steps = max(50, int(minutes * 60 / sec_per_step))
-    run = workdir / f"{network}_{minutes:g}min_seed{seed}"
+    run = workdir / f"{name}_{minutes:g}min_seed{seed}"
     t0 = time.perf_counter()
-    m = train(MANIFEST, run, load_config(None, common + [f"train.steps={steps}"]), progress=False)
+    m = train(manifest, run, load_config(None, common + [f"train.steps={steps}"]), progress=False)
     wall = time.perf_counter() - t0
     pred = workdir / f"{run.name}_pred"
     t1 = time.perf_counter()
-    predict(run, MANIFEST, pred, progress=False, split="test", tta=True)
+    predict(run, manifest, pred, progress=False, split="test", tta=tta)
     infer_s = time.perf_counter() - t1
-    summary = evaluate(pred, MANIFEST, split="test", metrics=("dice",))
+    summary = evaluate(pred, manifest, split="test", metrics=("dice",))
     dice = summary["metrics"]["dice"]["foreground_mean"]
-    return {"network": network, "budget_min": minutes, "steps": steps, "train_min": m["train_seconds"] / 60,
+    return {"network": name, "budget_min": minutes, "steps": steps, "train_min": m["train_seconds"] / 60,
             "wall_min": wall / 60, "test_dice": float(dice), "predict_s": infer_s, "sec_per_step": sec_per_step}
 
 
 # ----------------------------------------------------------------------------------------------------------------
-def time_steps(make_a, make_b, x, y, repeats: int, warmup: int = 3) -> tuple[float, float]:
-    """Interleaved A/B median step times (seconds). make_* -> (model, step_fn)."""
+def time_steps(makers, x, y, repeats: int, warmup: int = 3) -> list[float]:
+    """Interleaved median step times (seconds), one per maker; a maker returns (model, bf16 autocast, memory format)."""
     from everylabel.losses import dice_ce_loss
 
     def step_fn(model, opt, amp, cl):
@@ -111,21 +137,22 @@ def time_steps(make_a, make_b, x, y, repeats: int, warmup: int = 3) -> tuple[flo
         opt.step()
 
     runners = []
-    for make in (make_a, make_b):
+    for make in makers:
         model, amp, cl = make()
         opt = torch.optim.AdamW(model.parameters(), 1e-3)
         runners.append((model, opt, amp, cl))
-    times = [[], []]
+    times: list[list[float]] = [[] for _ in runners]
     for i in range(warmup + repeats):
         for j, (model, opt, amp, cl) in enumerate(runners):
             t = time.perf_counter()
             step_fn(model, opt, amp, cl)
             if i >= warmup:
                 times[j].append(time.perf_counter() - t)
-    return statistics.median(times[0]), statistics.median(times[1])
+    return [statistics.median(t) for t in times]
 
 
 def step_benchmark(repeats: int) -> dict:
+    """Step times of every everylabel layout and of MONAI's UNet, interleaved in one loop per dimensionality."""
     from everylabel.networks import UNet
 
     out = {}
@@ -135,16 +162,17 @@ def step_benchmark(repeats: int) -> dict:
         y = torch.randint(0, 2, (shape[0], 1) + shape[2:])
         cl = torch.channels_last if dims == 2 else torch.channels_last_3d
 
-        def ours(dims=dims, cl=cl, shape=shape):
-            m = UNet(dims, shape[1], 2).to(memory_format=cl)
-            return m, True, cl
+        def ours(kwargs, dims=dims, cl=cl, shape=shape):
+            return lambda: (UNet(dims, shape[1], 2, **kwargs).to(memory_format=cl), True, cl)
 
         def theirs(dims=dims, shape=shape):
             return monai_unet(dims, shape[1], 2), False, None
 
-        t_ours, t_monai = time_steps(ours, theirs, x, y, repeats)
-        out[dims] = {"ours_ms": 1000 * t_ours, "monai_ms": 1000 * t_monai, "ratio": t_monai / t_ours,
-                     "ours_params": n_params(ours()[0]), "monai_params": n_params(theirs()[0])}
+        makers = [ours(kwargs) for kwargs in LAYOUTS.values()] + [theirs]
+        *t_ours, t_monai = time_steps(makers, x, y, repeats)
+        out[dims] = {"monai_ms": 1000 * t_monai, "monai_params": n_params(theirs()[0]), "layouts": {
+            name: {"ours_ms": 1000 * t, "ratio": t_monai / t, "ours_params": n_params(make()[0])}
+            for name, t, make in zip(LAYOUTS, t_ours, makers)}}
     return out
 
 
@@ -237,6 +265,14 @@ def infer_unet_benchmark(repeats: int) -> dict:
             "fp32": compare_labels(out["monai"], out["fp32"]), "bf16": compare_labels(out["monai"], out["bf16"])}
 
 
+def print_train_table(rows: list) -> None:
+    print("| network | budget | steps | train time | test Dice | predict |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['network']} | {r['budget_min']:g} min | {r['steps']} | {r['train_min']:.1f} min | "
+              f"{r['test_dice']:.4f} | {r['predict_s']:.1f} s |")
+
+
 def print_infer_table(rows: list, monai_s: float) -> None:
     print("| runner | time | speed-up vs MONAI | labels equal to MONAI's | differing voxels | max abs logit diff |")
     print("|---|---:|---:|---:|---:|---:|")
@@ -255,11 +291,20 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", default="0", help="comma-separated training seeds")
     ap.add_argument("--repeats", type=int, default=10, help="repeats of the timed parts (medians reported)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--layouts", default=",".join(LAYOUTS),
+                    help=f"everylabel U-Net layouts to train, the first one is the RESULT's (of {', '.join(LAYOUTS)})")
+    ap.add_argument("--no-monai", action="store_true", help="train everylabel's layouts only")
+    ap.add_argument("--minutes-3d", type=float, default=15.0, help="training budget of the train3d runs")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--json", default=None, help="also write all numbers to this JSON file")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     parts = set(args.parts.split(","))
+    unknown = [x for x in args.layouts.split(",") if x not in LAYOUTS] + [
+        x for x in parts if x not in ("train", "train3d", "step", "infer", "infer_unet")]
+    if unknown:
+        ap.error(f"unknown part or layout {', '.join(unknown)}; parts: train, train3d, step, infer, infer_unet; "
+                 f"layouts: {', '.join(LAYOUTS)}")
     if not MANIFEST.is_file():
         print(f"missing {MANIFEST}", file=sys.stderr)
         return 1
@@ -271,12 +316,14 @@ def main(argv=None) -> int:
     if "step" in parts:
         s = step_benchmark(args.repeats)
         results["step"] = s
-        print("\n## Training step (median of interleaved repeats)")
-        print("| dims | everylabel U-Net (bf16, channels_last) | params | MONAI UNet (fp32) | params | ratio |")
-        print("|---|---:|---:|---:|---:|---:|")
+        print("\n## Training step (median of interleaved repeats; everylabel in bf16 autocast + channels_last, "
+              "MONAI at its defaults, fp32)")
+        print("| dims | everylabel layout | time | params | MONAI UNet | params | ratio (MONAI / ours) |")
+        print("|---|---|---:|---:|---:|---:|---:|")
         for d, r in s.items():
-            print(f"| {d}D | {r['ours_ms']:.1f} ms | {r['ours_params'] / 1e6:.2f} M | {r['monai_ms']:.1f} ms | "
-                  f"{r['monai_params'] / 1e6:.2f} M | {r['ratio']:.2f}x |")
+            for name, lay in r["layouts"].items():
+                print(f"| {d}D | {name} | {lay['ours_ms']:.1f} ms | {lay['ours_params'] / 1e6:.2f} M | "
+                      f"{r['monai_ms']:.1f} ms | {r['monai_params'] / 1e6:.2f} M | {lay['ratio']:.2f}x |")
     if "infer" in parts:
         r = infer_benchmark(max(1, args.repeats // 4))
         results["infer"] = r
@@ -302,34 +349,51 @@ def main(argv=None) -> int:
     if "train" in parts:
         rows = []
         for seed in [int(s) for s in args.seeds.split(",")]:
-            ours = train_and_evaluate("unet", args.minutes, seed, workdir, None)
-            half = train_and_evaluate("unet", args.minutes / 2, seed, workdir, ours["sec_per_step"])
-            theirs = train_and_evaluate("monai_unet", args.minutes, seed, workdir, None)
-            rows += [ours, half, theirs]
+            for layout in args.layouts.split(","):
+                full = train_and_evaluate("unet", args.minutes, seed, workdir, None, layout_overrides(layout),
+                                          tag=layout)
+                half = train_and_evaluate("unet", args.minutes / 2, seed, workdir, full["sec_per_step"],
+                                          layout_overrides(layout), tag=layout)
+                rows += [full, half]
+            if not args.no_monai:
+                rows.append(train_and_evaluate("monai_unet", args.minutes, seed, workdir, None))
         results["train"] = rows
         results["peak_rss_mb"] = peak_rss_mb()
         print("\n## DRIVE test Dice (20 test images, inside the FOV, 1st observer)")
-        print("| network | budget | steps | train time | test Dice | predict 20 images |")
-        print("|---|---:|---:|---:|---:|---:|")
-        for r in rows:
-            print(f"| {r['network']} | {r['budget_min']:g} min | {r['steps']} | {r['train_min']:.1f} min | "
-                  f"{r['test_dice']:.4f} | {r['predict_s']:.1f} s |")
+        print_train_table(rows)
         print(f"peak memory (RSS) {results['peak_rss_mb']:.0f} MB")
+    if "train3d" in parts:
+        rows = []
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            for layout in args.layouts.split(","):
+                rows.append(train_and_evaluate("unet", args.minutes_3d, seed, workdir, None, layout_overrides(layout),
+                                               tag=f"{layout}_3d", manifest=LA_MANIFEST, base=LA_BASE, tta=False))
+        results["train3d"] = rows
+        print("\n## LA_heart_h5 in 3D, test Dice (4 test volumes, 64^3 patches, batch 2, no TTA)")
+        print_train_table(rows)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=float))
 
     fields = []
+    main_layout = args.layouts.split(",")[0]
     if "train" in results:
-        main_rows = [r for r in results["train"] if r["network"] == "unet" and r["budget_min"] == args.minutes]
-        half_rows = [r for r in results["train"] if r["network"] == "unet" and r["budget_min"] == args.minutes / 2]
-        monai_rows = [r for r in results["train"] if r["network"] == "monai_unet"]
-        fields += [f"drive_dice={np.mean([r['test_dice'] for r in main_rows]):.4f}",
+        def rows_of(network, minutes):
+            return [r["test_dice"] for r in results["train"] if r["network"] == network and r["budget_min"] == minutes]
+
+        main_rows = [r for r in results["train"] if r["network"] == f"unet_{main_layout}"
+                     and r["budget_min"] == args.minutes]
+        fields += [f"drive_dice={np.mean(rows_of(f'unet_{main_layout}', args.minutes)):.4f}",
                    f"train_minutes={np.mean([r['train_min'] for r in main_rows]):.2f}",
-                   f"drive_dice_half_budget={np.mean([r['test_dice'] for r in half_rows]):.4f}",
-                   f"monai_drive_dice={np.mean([r['test_dice'] for r in monai_rows]):.4f}"]
+                   f"drive_dice_half_budget={np.mean(rows_of(f'unet_{main_layout}', args.minutes / 2)):.4f}"]
+        if not args.no_monai:
+            fields.append(f"monai_drive_dice={np.mean(rows_of('monai_unet', args.minutes)):.4f}")
     if "step" in results:
-        fields += [f"step_ratio_vs_monai={results['step'][2]['ratio']:.2f}",
-                   f"step_ratio_3d_vs_monai={results['step'][3]['ratio']:.2f}"]
+        fields += [f"step_ratio_vs_monai={results['step'][2]['layouts'][main_layout]['ratio']:.2f}",
+                   f"step_ratio_3d_vs_monai={results['step'][3]['layouts'][main_layout]['ratio']:.2f}"]
+    if "train3d" in results:
+        for layout in args.layouts.split(","):
+            dice = [r["test_dice"] for r in results["train3d"] if r["network"] == f"unet_{layout}_3d"]
+            fields.append(f"la3d_dice_{layout}={np.mean(dice):.4f}")
     if "infer" in results:
         runs = results["infer"]["runs"]
         fields += [f"infer_ratio_vs_monai={runs['fp32']['ratio']:.2f}",
