@@ -119,7 +119,7 @@ def test_divisor_and_custom_strides():
 def test_strided_stem_shapes_and_predict_logits(spatial_dims, attention):
     net = UNet(spatial_dims, 1, 3, features=SMALL, stem_stride=2, attention=attention).eval()
     assert net.divisor == 8 and net.num_outputs == 3  # one output more than depth - 1
-    assert net.stem_head.conv.in_channels == SMALL[0] // 2  # full-resolution map: half the first stage's channels
+    assert net.stem_head.conv.in_channels == 1  # full-resolution map: a quarter of the first stage's 4 channels
     x = _input(spatial_dims)
     outputs = net(x)
     assert [tuple(o.shape[2:]) for o in outputs] == [(16,) * spatial_dims, (8,) * spatial_dims, (4,) * spatial_dims]
@@ -197,3 +197,23 @@ def test_default_features_parameter_count():
     net = UNet(2, 1, 2)
     params = sum(p.numel() for p in net.parameters())
     assert 1.2e6 < params < 2.2e6  # close to MONAI's UNet(2, 1, 2, (16, 32, 64, 128, 256), num_res_units=2)
+
+
+def test_conv3d_on_two_voxel_deep_input_runs_in_float32_under_bf16_autocast():
+    """torch's CPU bf16 weight gradient of a 3x3x3 convolution on an input 2 voxels deep is intermittently NaN; the
+    U-Net's 3D convolutions compute such inputs in float32 (the 2^3 bottleneck of a 64^3 patch)."""
+    from everylabel.networks.unet import _Conv3d
+
+    torch.manual_seed(0)
+    conv = _Conv3d(64, 64, 3, padding=1, bias=False)
+    for _ in range(20):
+        conv.weight.grad = None
+        x = torch.randn(2, 64, 2, 4, 4, requires_grad=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = conv(x)
+        assert y.dtype == torch.float32
+        (y * torch.randn_like(y)).sum().backward()
+        assert torch.isfinite(conv.weight.grad).all() and torch.isfinite(x.grad).all()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert conv(torch.randn(1, 64, 4, 4, 4)).dtype == torch.bfloat16  # larger inputs keep bf16
+    torch.testing.assert_close(conv(x), torch.nn.functional.conv3d(x, conv.weight, padding=1))

@@ -12,15 +12,17 @@ Options:
       U-Net: Learning Where to Look for the Pancreas", MIDL 2018); the gating signal is the coarser decoder level.
     - ``stem_stride=2`` makes the first convolution strided, as MONAI's ``UNet`` does (Kerfoot et al., "Left-Ventricle
       Quantification Using Residual U-Net", STACOM 2018): the first stage runs at half resolution and a transposed
-      convolution + normalisation + LeakyReLU brings the last decoder level back to full resolution (with half its
-      channels, ``stem_features``) for a 1x1 head, an extra output in front of the others. No 3x3 convolution
+      convolution + normalisation + LeakyReLU brings the last decoder level back to full resolution (with a quarter
+      of its channels, ``stem_features``) for a 1x1 head, an extra output in front of the others. No 3x3 convolution
       runs at full resolution: with the same parameters a training step costs about 0.6x in 2D and 0.4x in 3D
       (BENCHMARKS.md, "Training step").
 
 CPU speed: activations and weights are kept in channels-last memory format, where oneDNN convolutions are about
 twice as fast; normalisation + LeakyReLU is one autograd node written for that layout, and the 1x1 heads are matrix
-products. No ``torch.compile`` is needed. The cost is dominated by the full-resolution stage (two convolutions in the
-encoder, two in the decoder), hence the thin first stage of the default ``features``.
+products. No ``torch.compile`` is needed. In the nnU-Net layout the cost is dominated by the full-resolution stage (two
+convolutions in the encoder, two in the decoder), hence its thin first stage by default; the strided stem removes
+that stage, and it is what everylabel trains by default (``network.stem_stride: 2`` in the config; this class keeps
+``stem_stride=1`` as its own default).
 """
 
 from __future__ import annotations
@@ -36,6 +38,11 @@ from torch.autograd.function import once_differentiable
 
 __all__ = ["UNet"]
 
+DEFAULT_FEATURES = (8, 16, 32, 64, 128, 256)
+"""Default channels of the nnU-Net layout (stem_stride 1): thin at full resolution, where the compute is."""
+STEM_FEATURES = (16, 32, 64, 128, 256)
+"""Default channels behind a strided stem: MONAI's UNet channels, the first stage at half resolution."""
+
 NORMS = ("instance", "batch", "group", "none")
 _NEGATIVE_SLOPE = 0.01
 
@@ -44,8 +51,31 @@ def _is_positive_int(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
 
 
+def _cpu_autocast_enabled() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
+class _Conv3d(nn.Conv3d):
+    """``nn.Conv3d`` that runs in float32 under CPU autocast when the input is at most 2 voxels along an axis.
+
+    Works around a CPU bug seen with torch 2.13: the bf16 weight gradient of a 3x3x3 convolution (padding 1) whose
+    input is 2 voxels deep comes out NaN in 10-40 % of calls with finite inputs (either memory format; 2D and depths
+    of 1 or >= 3 are unaffected). The bottleneck of a 64^3 patch is 2^3, so 3D training in bf16 diverged within its
+    first steps. The layers concerned are tiny, so float32 there costs nothing measurable.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.device.type == "cpu" and min(x.shape[2:]) <= 2 and _cpu_autocast_enabled():
+            with torch.autocast("cpu", enabled=False):
+                return super().forward(x.float())
+        return super().forward(x)
+
+
 def _conv(spatial_dims: int) -> type[nn.Module]:
-    return nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+    return nn.Conv2d if spatial_dims == 2 else _Conv3d
 
 
 class _Pointwise(nn.Module):
@@ -227,8 +257,10 @@ class UNet(nn.Module):
         in_channels: number of input channels C.
         out_channels: number of output classes N (logits per class).
         features: channels of each stage, shallowest first; ``len(features)`` is the depth (number of stages).
-            The default (1.9 M parameters in 2D, 5.7 M in 3D) is thin at full resolution, where the compute is,
-            and wide at the bottom, where the parameters are; nnU-Net itself uses (32, 64, 128, 256, 512, 512).
+            The default depends on the layout (:meth:`default_features`): with ``stem_stride=1`` (8, 16, 32, 64,
+            128, 256) (1.9 M parameters in 2D, 5.7 M in 3D), thin at full resolution, where the compute is, and
+            wide at the bottom, where the parameters are (nnU-Net itself uses (32, 64, 128, 256, 512, 512)); behind
+            a strided stem MONAI's (16, 32, 64, 128, 256), with the same total stride (32).
         norm: ``"instance"``, ``"batch"``, ``"group"`` (8 groups or fewer) or ``"none"``.
         residual: make every stage a residual block (1x1 projection on the shortcut when the shape changes).
         attention: gate the skip connections with additive attention gates (Oktay et al., MIDL 2018).
@@ -237,8 +269,9 @@ class UNet(nn.Module):
             defaults to 2 everywhere.
         stem_stride: stride of the very first convolution (1: nnU-Net layout, the first stage at full resolution;
             2: MONAI-like strided stem, see the module docstring).
-        stem_features: channels of the full-resolution map of a strided stem; defaults to ``features[0] // 2``
-            (at least 1), continuing the halving of channels from one level to the next finer one.
+        stem_features: channels of the full-resolution map of a strided stem; defaults to ``features[0] // 4``
+            (at least 1): at full resolution every channel is costly (4 instead of 8 makes a 3D step 15 % cheaper)
+            and the map only has to carry the half-resolution features to the 1x1 head.
 
     Shapes:
         - Input: (B, C, *S) with every spatial size divisible by :attr:`divisor`.
@@ -256,7 +289,7 @@ class UNet(nn.Module):
         spatial_dims: int,
         in_channels: int,
         out_channels: int,
-        features: Sequence[int] = (8, 16, 32, 64, 128, 256),
+        features: Sequence[int] | None = None,
         norm: str = "instance",
         residual: bool = False,
         attention: bool = False,
@@ -266,7 +299,7 @@ class UNet(nn.Module):
         stem_features: int | None = None,
     ) -> None:
         super().__init__()
-        features = tuple(features)
+        features = self.default_features(stem_stride) if features is None else tuple(features)
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}.")
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
@@ -289,7 +322,7 @@ class UNet(nn.Module):
             raise ValueError(f"strides must be positive integers, got {strides!r}.")
         if not _is_positive_int(stem_stride):
             raise ValueError(f"stem_stride must be a positive integer, got {stem_stride!r}.")
-        stem_features = max(int(features[0]) // 2, 1) if stem_features is None else stem_features
+        stem_features = max(int(features[0]) // 4, 1) if stem_features is None else stem_features
         if not _is_positive_int(stem_features):
             raise ValueError(f"stem_features must be a positive integer, got {stem_features!r}.")
         in_channels, out_channels, stem_stride = int(in_channels), int(out_channels), int(stem_stride)
@@ -334,6 +367,11 @@ class UNet(nn.Module):
             self.stem_head = _Pointwise(spatial_dims, stem_features, out_channels)
         self.apply(self._init_weights)
         self.to(memory_format=self._memory_format)
+
+    @staticmethod
+    def default_features(stem_stride: int = 1) -> tuple[int, ...]:
+        """The channels used when ``features`` is not given, for a stem of this stride."""
+        return DEFAULT_FEATURES if stem_stride == 1 else STEM_FEATURES
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
