@@ -291,6 +291,22 @@ def test_names_survive_a_new_default_option(dataset, tmp_path, monkeypatch):
     assert [r.name for r in expand(spec)] == before
 
 
+def test_former_default_pinned_keeps_names_new_default_renames(dataset, tmp_path):
+    """network.stem_stride's default (2) is not the behaviour of older runs (1): a sweep that pins 1 keeps the names
+    it had before the option existed; one that takes the default gets new names."""
+    from everylabel.experiments.sweep import FORMER_DEFAULTS, hash_defaults
+
+    assert FORMER_DEFAULTS["network"]["stem_stride"] == 1 and hash_defaults()["network"]["stem_stride"] == 1
+    from everylabel.experiments.config import config_from_dict
+
+    runs = [expand(load_sweep(_sweep(tmp_path, dataset, methods={"supervised": m}, budgets={"masks": ["all"]})))[0]
+            for m in ({}, {"network.stem_stride": 1}, {"network.stem_stride": 2})]
+    plain, pinned, stem = (r.name for r in runs)
+    assert plain == stem and pinned != plain
+    delta = config_delta(config_from_dict(runs[1].overrides).to_dict(), hash_defaults())
+    assert "stem_stride" not in json.dumps(delta)
+
+
 def test_changed_default_makes_a_finished_run_stale(dataset, tmp_path):
     """A finished row whose stored config differs from today's resolution (a default changed since) is re-run from
     scratch, its old outputs kept under runs/<name>/stale/; a row lacking a newer option stays done."""

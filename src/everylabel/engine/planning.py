@@ -2,7 +2,8 @@
 
 With no config at all, ``train --data`` gets nnU-Net-like choices scaled to 2 CPU cores: 2D patches of up to
 256 x 256 (batch 8), 3D patches of up to 64^3 (batch 2), the median spacing as target, CT normalisation for CT
-channels and z-score for the rest.
+channels and z-score for the rest, and a U-Net with a strided stem (``network.stem_stride: 2``, channels 16 to 256),
+which reaches the nnU-Net layout's Dice in about half the time on 2 cores (BENCHMARKS.md, "U-Net layouts").
 """
 
 from __future__ import annotations
@@ -89,7 +90,11 @@ def network_kwargs(cfg, spatial_dims: int, in_channels: int, num_classes: int) -
         if key in params and value is not None:
             kwargs[key] = value
     if "features" in params and "features" not in kwargs:
-        kwargs["features"] = tuple(params["features"].default)
+        net = NETWORKS[cfg.network.name]
+        default = (net.default_features(kwargs.get("stem_stride", 1)) if hasattr(net, "default_features")
+                   else params["features"].default)
+        if default is not None:
+            kwargs["features"] = tuple(default)
     return kwargs
 
 

@@ -68,10 +68,12 @@ class NetworkConfig:
     attention: bool = False
     dropout: float = 0.0
     deep_supervision: bool = True
-    stem_stride: int = 1
-    """Stride of the U-Net's first convolution: 1 = nnU-Net layout, 2 = MONAI-like strided stem (see UNet)."""
+    stem_stride: int = 2
+    """Stride of the U-Net's first convolution: 2 = strided stem as in MONAI's UNet, features (16, 32, 64, 128, 256)
+    by default; 1 = nnU-Net layout, features (8, 16, 32, 64, 128, 256) by default, about 1.7x (2D) / 2.5x (3D) the
+    cost per step, the default before 2026-11-24. See UNet and BENCHMARKS.md ("U-Net layouts")."""
     stem_features: int | None = None
-    """Channels of a strided stem's full-resolution map; None = half the first stage's."""
+    """Channels of a strided stem's full-resolution map; None = a quarter of the first stage's."""
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,10 @@ changed sweep file never passes for a finished run. The config enters the hash a
 defaults (:func:`config_delta`): a release that adds an option with a default keeps finished runs valid. A changed
 default value does not change the hash either, but every result row stores the full resolved config: a
 finished run whose stored config differs from today's resolution of its config is "stale" and runs again (its old
-outputs move to ``runs/<name>/stale/``; see :func:`~everylabel.experiments.run.stale_keys`).
+outputs move to ``runs/<name>/stale/``; see :func:`~everylabel.experiments.run.stale_keys`). Options added after
+runs were recorded and whose default then is not the old behaviour are listed in :data:`FORMER_DEFAULTS`: they
+enter the hash as their difference from the old behaviour, so a sweep that pins the old value keeps its finished
+runs and one that takes the new default gets new run names.
 :mod:`.run` describes what a run does, where its row goes, how runs resume and how to spread them over a cluster.
 
 Sweeps set ``data.val_fraction: 0`` unless the base config changes it: with a budget of a few masks, every mask
@@ -138,6 +141,20 @@ def config_delta(resolved: dict, defaults: dict) -> dict:
 
 
 _MISSING = object()
+
+FORMER_DEFAULTS: dict = {"network": {"stem_stride": 1}}
+"""Options whose default is not the behaviour of runs recorded before they existed, at that old behaviour. Run names
+hash the config's difference from the defaults with these put back (see the module docstring).
+
+- ``network.stem_stride``: added 2026-11-24 with default 2 (strided stem); earlier runs used the nnU-Net layout.
+"""
+
+
+def hash_defaults() -> dict:
+    """The defaults that run names are hashed against: today's, with :data:`FORMER_DEFAULTS` put back."""
+    from everylabel.experiments.config import config_from_dict, merge
+
+    return merge(config_from_dict({}).to_dict(), FORMER_DEFAULTS)
 
 
 def _stable_hash(obj, n: int = 8) -> str:
@@ -427,7 +444,7 @@ def expand(spec: SweepSpec) -> list[RunSpec]:
     for f in folds:
         layout = source_manifest(spec.data, spec.folds, f, spec.fold_seed)
         pools[f] = layout["cases"]
-    defaults = config_from_dict({}).to_dict()
+    defaults = hash_defaults()
     runs = []
     for mname, changes in spec.methods.items():
         for pname, proto in spec.protocols.items():
