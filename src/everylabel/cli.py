@@ -160,7 +160,7 @@ def simulate(manifest: str, out: str, protocol: str | None, params: tuple[str, .
 
 @main.command()
 @click.option("--out", "out", type=click.Path(), default=None, help="Keep the demo's data and run here.")
-@click.option("--steps", type=int, default=800, show_default=True)
+@click.option("--steps", type=int, default=1500, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 def demo(out: str | None, steps: int, seed: int) -> None:
     """Build a synthetic 2D dataset, train, predict, evaluate and print the table (about 1.5 minutes on 2 cores)."""
