@@ -14,7 +14,8 @@ Parts (train, step and infer by default):
   train3d - (not run by default) each layout in 3D on LA_heart_h5 (16 training volumes, the planner's 64^3 patches
            and batch 2, budget --minutes-3d), test Dice on the 4 test volumes without TTA.
   step   - median time of one training step (forward + backward + AdamW) of each layout at everylabel's training
-           defaults (bf16 autocast, channels_last) and of MONAI's UNet at its defaults (fp32), similar parameter
+           defaults (bf16 autocast, channels_last, fused AdamW as its trainer builds it) and of MONAI's UNet at its
+           defaults (fp32, torch's default AdamW), similar parameter
            counts, same batch: 2D (8, 3, 128, 128) and 3D (2, 1, 64, 64, 64); interleaved repeats.
   infer  - sliding-window inference of MONAI's 3D UNet (``monai_unet``, random weights; the same network on both
            sides) on a 256x256x128 volume with 64^3 windows, overlap 0.5, Gaussian blending: MONAI's
@@ -122,7 +123,8 @@ def train_and_evaluate(network: str, minutes: float, seed: int, workdir: Path, s
 
 # ----------------------------------------------------------------------------------------------------------------
 def time_steps(makers, x, y, repeats: int, warmup: int = 3) -> list[float]:
-    """Interleaved median step times (seconds), one per maker; a maker returns (model, bf16 autocast, memory format)."""
+    """Interleaved median step times (seconds), one per maker; a maker returns (model, bf16 autocast, memory format)
+    and optionally whether AdamW is torch's fused kernel (everylabel's trainer uses it)."""
     from everylabel.losses import dice_ce_loss
 
     def step_fn(model, opt, amp, cl):
@@ -138,8 +140,8 @@ def time_steps(makers, x, y, repeats: int, warmup: int = 3) -> list[float]:
 
     runners = []
     for make in makers:
-        model, amp, cl = make()
-        opt = torch.optim.AdamW(model.parameters(), 1e-3)
+        model, amp, cl, *fused = make()
+        opt = torch.optim.AdamW(model.parameters(), 1e-3, fused=bool(fused and fused[0]) or None)
         runners.append((model, opt, amp, cl))
     times: list[list[float]] = [[] for _ in runners]
     for i in range(warmup + repeats):
@@ -163,7 +165,7 @@ def step_benchmark(repeats: int) -> dict:
         cl = torch.channels_last if dims == 2 else torch.channels_last_3d
 
         def ours(kwargs, dims=dims, cl=cl, shape=shape):
-            return lambda: (UNet(dims, shape[1], 2, **kwargs).to(memory_format=cl), True, cl)
+            return lambda: (UNet(dims, shape[1], 2, **kwargs).to(memory_format=cl), True, cl, True)
 
         def theirs(dims=dims, shape=shape):
             return monai_unet(dims, shape[1], 2), False, None
