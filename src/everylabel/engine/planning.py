@@ -3,7 +3,8 @@
 With no config at all, ``train --data`` gets nnU-Net-like choices scaled to 2 CPU cores: 2D patches of up to
 256 x 256 (batch 8), 3D patches of up to 64^3 (batch 2), the median spacing as target, CT normalisation for CT
 channels and z-score for the rest, and a U-Net with a strided stem (``network.stem_stride: 2``, channels 16 to 256),
-which reaches the nnU-Net layout's Dice in about half the time on 2 cores (BENCHMARKS.md, "U-Net layouts").
+whose training step costs about 2/3 (2D) and 2/5 (3D) of the nnU-Net layout's on 2 cores; at equal time it gave the
+same Dice on DRIVE and a higher one in 3D on LA_heart_h5 (BENCHMARKS.md, "U-Net layouts").
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ class NetworkConfig:
     deep_supervision: bool = True
     stem_stride: int = 2
     """Stride of the U-Net's first convolution: 2 = strided stem as in MONAI's UNet, features (16, 32, 64, 128, 256)
-    by default; 1 = nnU-Net layout, features (8, 16, 32, 64, 128, 256) by default, about 1.7x (2D) / 2.5x (3D) the
+    by default; 1 = nnU-Net layout, features (8, 16, 32, 64, 128, 256) by default, about 1.5x (2D) / 2.4x (3D) the
     cost per step, the default before 2026-11-24. See UNet and BENCHMARKS.md ("U-Net layouts")."""
     stem_features: int | None = None
     """Channels of a strided stem's full-resolution map; None = a quarter of the first stage's."""

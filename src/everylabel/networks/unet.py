@@ -14,8 +14,8 @@ Options:
       Quantification Using Residual U-Net", STACOM 2018): the first stage runs at half resolution and a transposed
       convolution + normalisation + LeakyReLU brings the last decoder level back to full resolution (with a quarter
       of its channels, ``stem_features``) for a 1x1 head, an extra output in front of the others. No 3x3 convolution
-      runs at full resolution: with the same parameters a training step costs about 0.6x in 2D and 0.4x in 3D
-      (BENCHMARKS.md, "Training step").
+      runs at full resolution: with the same parameters a training step costs about 2/3 in 2D and 2/5 in 3D
+      (BENCHMARKS.md, "U-Net layouts").
 
 CPU speed: activations and weights are kept in channels-last memory format, where oneDNN convolutions are about
 twice as fast; normalisation + LeakyReLU is one autograd node written for that layout, and the 1x1 heads are matrix
@@ -270,7 +270,7 @@ class UNet(nn.Module):
         stem_stride: stride of the very first convolution (1: nnU-Net layout, the first stage at full resolution;
             2: MONAI-like strided stem, see the module docstring).
         stem_features: channels of the full-resolution map of a strided stem; defaults to ``features[0] // 4``
-            (at least 1): at full resolution every channel is costly (4 instead of 8 makes a 3D step 15 % cheaper)
+            (at least 1): at full resolution every channel is costly (4 instead of 8 makes a 3D step about 12 % cheaper)
             and the map only has to carry the half-resolution features to the 1x1 head.
 
     Shapes:
