@@ -3,7 +3,7 @@
 everylabel's U-Net layouts (``LAYOUTS``; ``--layouts`` picks them, the first one feeds the RESULT line):
   nnunet - the nnU-Net layout, two 3x3 convolutions per stage from full resolution on, features (8, ..., 256);
   stem   - a strided first convolution as in MONAI's UNet, features (16, 32, 64, 128, 256) from half resolution
-           on, a transposed convolution back to an 8-channel full-resolution map (``network.stem_stride=2``).
+           on, a transposed convolution back to a 4-channel full-resolution map (``network.stem_stride=2``).
 
 Parts (train, step and infer by default):
   train  - train each layout (budget B minutes and B/2 minutes) and MONAI's UNet (B minutes) with the same loop,
@@ -53,15 +53,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from everylabel.networks.unet import DEFAULT_FEATURES, STEM_FEATURES
+
 REPO = Path(__file__).resolve().parents[1]
 MANIFEST = REPO / "examples" / "manifests" / "drive.yaml"
 LA_MANIFEST = REPO / "examples" / "manifests" / "la_heart.yaml"
 DRIVE_BASE = ("data.patch_size=[128, 128]", "data.batch_size=8")
 LA_BASE = ()  # 3D: the planner's defaults (64^3 patches, batch 2)
 # everylabel U-Net layouts compared (constructor arguments; the training runs get the same as config overrides).
+# Each layout spelled out (stride and channels), so that a run does not depend on the config's default layout.
 LAYOUTS = {
-    "stem": {"stem_stride": 2, "features": (16, 32, 64, 128, 256)},  # the default: strided stem, MONAI's channels
-    "nnunet": {"stem_stride": 1, "features": (8, 16, 32, 64, 128, 256)},  # two 3x3 convs per stage from full res.
+    "stem": {"stem_stride": 2, "features": STEM_FEATURES},  # the training default: strided stem, MONAI's channels
+    "nnunet": {"stem_stride": 1, "features": DEFAULT_FEATURES},  # two 3x3 convs per stage from full resolution on
 }
 
 
@@ -318,8 +321,8 @@ def main(argv=None) -> int:
     if "step" in parts:
         s = step_benchmark(args.repeats)
         results["step"] = s
-        print("\n## Training step (median of interleaved repeats; everylabel in bf16 autocast + channels_last, "
-              "MONAI at its defaults, fp32)")
+        print("\n## Training step (median of interleaved repeats; everylabel in bf16 autocast + channels_last with "
+              "fused AdamW, MONAI at its defaults, fp32)")
         print("| dims | everylabel layout | time | params | MONAI UNet | params | ratio (MONAI / ours) |")
         print("|---|---|---:|---:|---:|---:|---:|")
         for d, r in s.items():
