@@ -276,6 +276,15 @@ def print_train_table(rows: list) -> None:
     for r in rows:
         print(f"| {r['network']} | {r['budget_min']:g} min | {r['steps']} | {r['train_min']:.1f} min | "
               f"{r['test_dice']:.4f} | {r['predict_s']:.1f} s |")
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["network"], r["budget_min"]), []).append(r["test_dice"])
+    if any(len(d) > 1 for d in groups.values()):
+        print("\n| network | budget | seeds | test Dice, mean +- std (sample) |")
+        print("|---|---:|---:|---:|")
+        for (network, budget), dice in groups.items():
+            std = f"{np.std(dice, ddof=1):.4f}" if len(dice) > 1 else "-"
+            print(f"| {network} | {budget:g} min | {len(dice)} | {np.mean(dice):.4f} +- {std} |")
 
 
 def print_infer_table(rows: list, monai_s: float) -> None:
