@@ -67,8 +67,8 @@ class _Conv3d(nn.Conv3d):
     first steps. Under CPU autocast such inputs are zero-padded explicitly and convolved with ``padding=0``: the
     same convolution, still in bf16, without the NaN (none in 864 probe calls over depths, widths, strides and
     memory formats, against 37 NaN calls with ``padding=1``; test). A convolution without padding on such an input
-    runs in float32 instead. (Session 7 ran all such convolutions in float32: 4x slower for the 256-channel
-    bottleneck, about 8 ms of a 3D training step.)
+    runs in float32 instead (a float32 fallback for every such convolution was 4x slower for the 256-channel
+    bottleneck, about 8 ms of a 3D training step).
     """
 
     def forward(self, x: Tensor) -> Tensor:
