@@ -61,6 +61,19 @@ def test_train_unknown_config_key_suggests(tmp_path):
     assert res.exit_code == 2 and "did you mean 'steps'" in res.output
 
 
+def test_train_minutes_sets_a_wall_clock_budget(tmp_path):
+    data = make_dataset(tmp_path, n_train=2, n_test=0, shape=(32, 32))
+    out = tmp_path / "r"
+    res = CliRunner().invoke(main, ["train", "--data", str(data), "--out", str(out), "--minutes", "0.02",
+                                    "--no-progress", "--set", "network.features=[4, 8]",
+                                    "--set", "data.patch_size=[16, 16]", "--set", "train.val_every=1000"])
+    assert res.exit_code == 0, res.output
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["train"]["minutes"] == 0.02
+    res = CliRunner().invoke(main, ["train", "--data", str(data), "--out", str(tmp_path / "r0"), "--minutes", "0"])
+    assert res.exit_code == 2 and "train.minutes must be > 0" in res.output
+
+
 def test_simulate_writes_a_valid_manifest(tmp_path):
     data = make_dataset(tmp_path, n_train=3, n_test=1, shape=(32, 32))
     cases = [{"id": p.name[:-9], "images": [f"imagesTr/{p.name}"], "mask": f"labelsTr/{p.name[:-9]}.png"}

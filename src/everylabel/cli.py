@@ -55,17 +55,21 @@ def check(data: str, quick: bool) -> None:
               help="A manifest (.yaml/.json) or an nnU-Net v2 raw dataset folder.")
 @click.option("--out", "out", required=True, type=click.Path(), help="Run directory.")
 @click.option("--steps", type=int, default=None, help="Override train.steps (the schedule length).")
+@click.option("--minutes", type=float, default=None,
+              help="Train for this wall-clock budget instead of train.steps (train.minutes; the schedule follows "
+                   "the time spent).")
 @click.option("--config", "config", type=click.Path(exists=True), default=None, help="YAML with config changes.")
 @click.option("--set", "overrides", multiple=True, help="key=value config override, e.g. train.seed=1.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def train(data: str, out: str, steps: int | None, config: str | None, overrides: tuple[str, ...], resume: bool,
-          no_progress: bool) -> None:
+def train(data: str, out: str, steps: int | None, minutes: float | None, config: str | None,
+          overrides: tuple[str, ...], resume: bool, no_progress: bool) -> None:
     """Train a model on DATA into the run directory OUT."""
     from everylabel.experiments.config import load_config
 
     try:
-        ov = list(overrides) + ([f"train.steps={steps}"] if steps is not None else [])
+        ov = list(overrides) + ([f"train.steps={steps}"] if steps is not None else []) + (
+            [f"train.minutes={minutes}"] if minutes is not None else [])
         cfg = load_config(config, ov)
     except ValueError as e:
         _fail(e)

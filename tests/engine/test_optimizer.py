@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from everylabel.engine.trainer import build_optimizer
+from everylabel.engine.trainer import TrainClock, build_optimizer, lr_lambda
 from everylabel.experiments.config import load_config
 from everylabel.networks import UNet
 
@@ -28,3 +29,22 @@ def test_adamw_is_fused_and_matches_the_reference_update():
     for (name, p), q in zip(a.named_parameters(), b.parameters()):
         torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5, msg=name)
     assert all(not torch.equal(p, start[name]) for name, p in a.named_parameters())  # every parameter moved
+
+
+def test_schedule_follows_the_fraction_of_a_wall_clock_budget():
+    clock = TrainClock(total_steps=100, minutes=1.0)
+    f = lr_lambda("poly", 100, 0, progress=clock.fraction)
+    clock.now_s = 30.0  # half the budget spent, whatever the step
+    assert f(7) == f(90) == (1 - 0.5) ** 0.9
+    assert not clock.finished(10_000)  # train.steps is ignored under a budget
+    assert clock.projected_steps(200) == 400  # 200 steps took half the budget
+    clock.now_s = 60.0
+    assert clock.finished(1) and f(1) == 0.0
+    # warm-up stays counted in steps
+    assert lr_lambda("poly", 100, 10, progress=clock.fraction)(4) == 0.5
+    # without a budget: steps
+    steps = TrainClock(total_steps=100, minutes=None)
+    assert steps.fraction(50) == 0.5 and steps.finished(100) and not steps.finished(99)
+    assert steps.projected_steps(3) == 100
+    with pytest.raises(ValueError, match="train.minutes must be > 0"):
+        TrainClock(total_steps=100, minutes=0)

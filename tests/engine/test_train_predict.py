@@ -81,6 +81,33 @@ def test_resume_is_exact(dataset, tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
+def test_wall_clock_budget_stops_on_time_and_anneals_the_learning_rate(dataset, tmp_path):
+    run = tmp_path / "run"
+    # train.steps would stop a step schedule after 2 steps; a budget ignores it
+    m = train(dataset, run, _cfg("train.minutes=0.04", "train.steps=2", "train.val_every=1000"), progress=False)
+    assert m["completed"] and m["steps"] > 2
+    assert 2.4 <= m["train_seconds"] < 2.4 + 5.0
+    lrs = [h["lr"] for h in m["history"] if "lr" in h]
+    assert len(lrs) == m["steps"] and lrs == sorted(lrs, reverse=True)  # poly decay along elapsed time
+    assert lrs[0] > 0.5 * 3e-3 and lrs[-1] == 0.0  # the last step spends the budget: (1 - 1) ** 0.9
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    assert state["elapsed"] >= 2.4
+    # resumed, the run has nothing left to spend: it stops at once with the same step count
+    again = train(dataset, run, _cfg("train.minutes=0.04", "train.steps=2"), progress=False, resume=True)
+    assert again["steps"] == m["steps"] and again["completed"]
+
+
+def test_wall_clock_budget_resumes_with_the_time_left(dataset, tmp_path):
+    run = tmp_path / "run"
+    first = train(dataset, run, _cfg("train.minutes=0.04", "train.val_every=1000"), progress=False, stop_at=3)
+    assert first["steps"] == 3 and not first["completed"]
+    spent = torch.load(run / "checkpoints" / "last.pt", weights_only=False)["elapsed"]
+    assert 0 < spent < 2.4
+    m = train(dataset, run, _cfg("train.minutes=0.04", "train.val_every=1000"), progress=False, resume=True)
+    assert m["completed"] and m["steps"] > 3
+    assert m["train_seconds"] < 2.4 - spent + 5.0  # only the rest of the budget was spent
+
+
 def test_method_without_its_kind_is_rejected(tmp_path):
     data = make_dataset(tmp_path, n_train=2, n_test=0, shape=(32, 32))
     for f in (data / "labelsTr").iterdir():
@@ -115,3 +142,22 @@ def test_ddp_two_processes_match_one(dataset, tmp_path):
     a, b = _history_losses(single), _history_losses(ddp)
     assert len(a) == len(b) == 2
     assert np.allclose(a, b, rtol=1e-4, atol=1e-5), (a, b)
+
+
+@pytest.mark.slow
+def test_ddp_wall_clock_budget_stops_every_rank_at_the_same_step(dataset, tmp_path):
+    # rank 0's clock is broadcast each step: ranks that read their own clocks could stop a step apart, and the
+    # rank still training would wait in the gradient all-reduce forever (the timeout below)
+    code = ("import sys, json; from everylabel.engine.trainer import train; from everylabel.experiments.config import "
+            "load_config; m = train(sys.argv[1], sys.argv[2], load_config(None, sys.argv[3:]), progress=False); "
+            "print('STEPS', m['steps'], m['completed'])")
+    script = tmp_path / "ddp_train.py"
+    script.write_text(code)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    opts = TINY + ["train.minutes=0.04", "train.val_every=1000", "train.log_every=1000"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", str(script),
+           str(dataset), str(tmp_path / "ddp")] + opts
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = sorted(line for line in res.stdout.splitlines() if line.startswith("STEPS"))
+    assert len(lines) == 2 and lines[0] == lines[1] and lines[0].endswith("True"), res.stdout

@@ -14,6 +14,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -87,15 +88,21 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     raise ValueError(f"precision must be 'auto', 'bf16', 'fp16' or 'fp32', got {precision!r}")
 
 
-def lr_lambda(schedule: str, total: int, warmup: int):
-    """Multiplier of the base learning rate at a step: poly (exponent 0.9, nnU-Net), cosine or constant."""
+def lr_lambda(schedule: str, total: int, warmup: int, progress: Callable[[], float] | None = None):
+    """Multiplier of the base learning rate at a step: poly (exponent 0.9, nnU-Net), cosine or constant.
+
+    ``progress``, when given, returns how far the run is through its schedule (0-1; a wall-clock budget's fraction
+    spent, see ``TrainClock``) and replaces ``step / total``; the linear warm-up stays counted in steps."""
     if schedule not in ("poly", "cosine", "constant"):
         raise ValueError(f"optim.schedule must be 'poly', 'cosine' or 'constant', got {schedule!r}")
 
     def f(step: int) -> float:
         if warmup and step < warmup:
             return (step + 1) / warmup
-        t = min(1.0, (step - warmup) / max(1, total - warmup))
+        if progress is not None:
+            t = min(1.0, progress())
+        else:
+            t = min(1.0, (step - warmup) / max(1, total - warmup))
         if schedule == "poly":
             return (1 - t) ** 0.9
         if schedule == "cosine":
@@ -103,6 +110,52 @@ def lr_lambda(schedule: str, total: int, warmup: int):
         return 1.0
 
     return f
+
+
+class TrainClock:
+    """Where a run is in its schedule: ``step / train.steps``, or with ``train.minutes`` the fraction of that
+    wall-clock budget spent (training time summed over resumed sessions).
+
+    ``tick`` reads the clock once per step (under DDP rank 0's reading, broadcast, so that every rank takes the same
+    learning rate and stops at the same step); ``fraction``, ``finished`` and ``projected_steps`` use that reading.
+    """
+
+    def __init__(self, total_steps: int, minutes: float | None, spent_s: float = 0.0):
+        if minutes is not None and not minutes > 0:
+            raise ValueError(f"train.minutes must be > 0 (or null for a step schedule), got {minutes!r}")
+        self.total_steps = total_steps
+        self.budget_s = None if minutes is None else float(minutes) * 60.0
+        self.spent_s = spent_s  # training time of earlier sessions of this run
+        self.now_s = spent_s  # the last reading
+        self._t0: float | None = None
+
+    def start(self) -> None:
+        self._t0 = time.perf_counter()
+
+    def tick(self, world_size: int = 1) -> None:
+        now = self.spent_s + (time.perf_counter() - self._t0 if self._t0 is not None else 0.0)
+        if world_size > 1 and self.budget_s is not None:
+            t = torch.tensor([now], dtype=torch.float64)
+            dist.broadcast(t, 0)
+            now = float(t)
+        self.now_s = now
+
+    def fraction(self, step: int | None = None) -> float:
+        """Progress through the schedule, 0-1 (the step count when the schedule is in steps)."""
+        if self.budget_s is None:
+            return min(1.0, (step or 0) / max(1, self.total_steps))
+        return min(1.0, self.now_s / self.budget_s)
+
+    def finished(self, step: int) -> bool:
+        return self.now_s >= self.budget_s if self.budget_s is not None else step >= self.total_steps
+
+    def projected_steps(self, step: int) -> int:
+        """The schedule's length in steps, for methods whose ramps are counted in steps (a wall-clock budget
+        projects it from the steps taken so far)."""
+        if self.budget_s is None:
+            return self.total_steps
+        f = self.fraction()
+        return max(step + 1, round(step / f)) if f > 0 else step + 1
 
 
 def build_optimizer(cfg, params) -> torch.optim.Optimizer:
@@ -224,7 +277,9 @@ def train(data: str | Path, out_dir: str | Path, cfg: Config, *, resume: bool = 
     """Train ``cfg.method`` on the dataset at ``data`` (manifest or nnU-Net raw folder) into ``out_dir``.
 
     Args:
-        resume: continue the run in ``out_dir`` from its last checkpoint (exactly: same batches, same weights).
+        resume: continue the run in ``out_dir`` from its last checkpoint (exactly: same batches, same weights;
+            with a wall-clock budget, ``train.minutes``, the same batches but learning rates that follow the time
+            each step happens to take, so not bit for bit).
         stop_at: stop (with a checkpoint) after this step although the schedule runs to ``cfg.train.steps``;
             for time-boxed sessions, continued later with ``resume``.
 
@@ -268,6 +323,8 @@ def train(data: str | Path, out_dir: str | Path, cfg: Config, *, resume: bool = 
             raise ValueError(f"{run_dir} already holds a run; use --resume to continue it or choose another --out")
         state = None
         plan = plan_run(cfg, manifest, raw_train)
+    clock = TrainClock(int(cfg.train.steps), cfg.train.minutes,
+                       spent_s=state.get("elapsed", 0.0) if state is not None else 0.0)
     train_cases = [prepare(r, c.id, plan) for r, c in zip(raw_train, train_specs)]
     val_cases = [prepare(load_case(manifest, c), c.id, plan) for c in val_specs]
     val_cases = [c for c in val_cases if c.ann.labels is not None]
@@ -301,8 +358,9 @@ def train(data: str | Path, out_dir: str | Path, cfg: Config, *, resume: bool = 
     method.to(device)
     optimizer = build_optimizer(cfg, network.parameters())
     total = int(cfg.train.steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.optim.schedule, total,
-                                                                       cfg.optim.warmup_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(
+        cfg.optim.schedule, total, cfg.optim.warmup_steps,
+        progress=clock.fraction if clock.budget_s is not None else None))
     rng = np.random.default_rng(cfg.train.seed)
     sampler = PatchSampler(train_cases, plan.sample_patch, cfg.data.foreground_oversample, rng,
                            slice_axis=plan.slice_axis, slice_context=plan.slice_context)
@@ -331,6 +389,7 @@ def train(data: str | Path, out_dir: str | Path, cfg: Config, *, resume: bool = 
                 "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                 "scheduler": scheduler.state_dict(), "rng": rng.bit_generator.state,
                 "torch_rng": torch.get_rng_state(), "step": step, "best": best, "history": history,
+                "elapsed": clock.now_s,
                 "plan": plan.to_dict(), "config": cfg.to_dict()}
 
     stop = _Stop()
@@ -339,17 +398,24 @@ def train(data: str | Path, out_dir: str | Path, cfg: Config, *, resume: bool = 
     if progress and info.is_main:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        bar = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                       TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn())
-        task = bar.add_task("train", total=total, completed=start_step, info="")
+        if clock.budget_s is None:
+            bar = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                           TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn())
+            task = bar.add_task("train", total=total, completed=start_step, info="")
+        else:  # a wall-clock budget: the bar counts seconds of it
+            bar = Progress(TextColumn("[bold]train"), BarColumn(),
+                           TextColumn("{task.completed:.0f}/{task.total:.0f} s"), TextColumn("{task.fields[info]}"),
+                           TimeElapsedColumn(), TimeRemainingColumn())
+            task = bar.add_task("train", total=clock.budget_s, completed=clock.now_s, info="")
         bar.start()
 
     network.train()
     t0 = time.perf_counter()
+    clock.start()
     step = start_step
     running: dict[str, float] = {}
     try:
-        while step < min(total, stop_at or total) and not stop.requested:
+        while not clock.finished(step) and (not stop_at or step < stop_at) and not stop.requested:
             # Every rank draws the same global batch and keeps its shard, so DDP sees the batch one process would.
             samples = [augment(sampler.sample(g), rng) for g in groups]
             batch = collate(samples[info.rank::info.world_size]).to(device)
@@ -357,7 +423,7 @@ def train(data: str | Path, out_dir: str | Path, cfg: Config, *, resume: bool = 
                 batch.image = batch.image.contiguous(memory_format=torch.channels_last if plan.spatial_dims == 2
                                                      else torch.channels_last_3d)
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                terms = method(model, batch, step=step, total_steps=total)
+                terms = method(model, batch, step=step, total_steps=clock.projected_steps(step))
             loss = terms["loss"]
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower optim.lr or check data")
@@ -368,8 +434,10 @@ def train(data: str | Path, out_dir: str | Path, cfg: Config, *, resume: bool = 
                 torch.nn.utils.clip_grad_norm_(network.parameters(), cfg.optim.grad_clip)
             scaler.step(optimizer)
             scaler.update()
+            clock.tick(info.world_size)
             scheduler.step()
             step += 1
+            last = clock.finished(step)
             method.after_step(network, step)
             for k, v in terms.items():
                 if k != "output" and torch.is_tensor(v) and v.numel() == 1:
@@ -379,7 +447,7 @@ def train(data: str | Path, out_dir: str | Path, cfg: Config, *, resume: bool = 
                         val /= info.world_size
                     running[k] = running.get(k, 0.0) + float(val)
             running["_n"] = running.get("_n", 0) + 1
-            if step % cfg.train.log_every == 0 or step == total:
+            if step % cfg.train.log_every == 0 or last:
                 n = running.pop("_n")
                 rec = {"step": step, "lr": scheduler.get_last_lr()[0], "time": time.perf_counter() - t0}
                 rec.update({k: v / n for k, v in running.items()})
@@ -387,17 +455,18 @@ def train(data: str | Path, out_dir: str | Path, cfg: Config, *, resume: bool = 
                 history.append(rec)
                 if info.is_main:
                     log.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
-            if info.is_main and val_cases and (step % cfg.train.val_every == 0 or step == total):
+            if info.is_main and val_cases and (step % cfg.train.val_every == 0 or last):
                 v = validate_cases(method.inference_network(network), val_cases, plan, cfg, device)
                 history.append({"step": step, **v})
                 log.info("step %d val_dice=%.4f", step, v["val_dice"])
                 if v["val_dice"] > best:
                     best = v["val_dice"]
                     save_checkpoint(ckpt_dir / "best.pt", checkpoint_state(step))
-            if info.is_main and (step % cfg.train.checkpoint_every == 0 or step == total):
+            if info.is_main and (step % cfg.train.checkpoint_every == 0 or last):
                 save_checkpoint(ckpt_dir / "last.pt", checkpoint_state(step))
             if bar is not None:
-                bar.update(task, completed=step, info=f"loss {float(loss):.3f}")
+                bar.update(task, completed=step if clock.budget_s is None else clock.now_s,
+                           info=f"loss {float(loss):.3f}")
     except KeyboardInterrupt:
         if info.is_main:
             save_checkpoint(ckpt_dir / "last.pt", checkpoint_state(step))
@@ -411,7 +480,7 @@ def train(data: str | Path, out_dir: str | Path, cfg: Config, *, resume: bool = 
             bar.stop()
         signal.signal(signal.SIGTERM, old_handler)
 
-    metrics = {"steps": step, "completed": step >= total, "train_seconds": time.perf_counter() - t0,
+    metrics = {"steps": step, "completed": clock.finished(step), "train_seconds": time.perf_counter() - t0,
                "best_val_dice": None if best == -math.inf else best, "history": history}
     if info.is_main:
         save_checkpoint(ckpt_dir / "last.pt", checkpoint_state(step))

@@ -171,6 +171,11 @@ class OptimConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     steps: int = 2000
+    minutes: float | None = None
+    """A wall-clock budget instead of a step count: training stops when this many minutes of training (summed
+    over resumed sessions) are spent, and the schedule (learning rate, a method's ramp-ups) follows the fraction of
+    the budget spent rather than ``steps``, which is then ignored. For comparisons at equal time: a run's step
+    count, and so its result, depends on the machine's speed, and the run is not reproducible bit for bit."""
     val_every: int = 250
     log_every: int = 50
     seed: int = 0
