@@ -9,8 +9,9 @@ Parts (train, step and infer by default):
   train  - train each layout (budget B minutes and B/2 minutes) and MONAI's UNet (B minutes) with the same loop,
            loss (Dice + CE, deep supervision where the network has it), augmentation, optimiser (AdamW, poly LR),
            128x128 patches, batch 8, bf16 autocast; evaluate on DRIVE's 20 test images inside the field of view
-           (1st observer), with flip test-time augmentation for all. The step count of a budget comes from a timed
-           warm-up (steps 11-40 of a 40-step run).
+           (1st observer), with flip test-time augmentation for all. A budget is the trainer's wall-clock budget
+           (``train.minutes``): the LR schedule follows the fraction of the time spent, and the run stops when it
+           is spent.
   train3d - (not run by default) each layout in 3D on LA_heart_h5 (16 training volumes, the planner's 64^3 patches
            and batch 2, budget --minutes-3d), test Dice on the 4 test volumes without TTA.
   step   - median time of one training step (forward + backward + AdamW) of each layout at everylabel's training
@@ -27,15 +28,21 @@ Parts (train, step and infer by default):
            give identical logits.
   infer_unet - (not run by default) the same comparison with everylabel's default 3D U-Net as the network and
            everylabel's default window placement (4 windows per call, fp32 and bf16).
+  infer_trained - (not run by default) the infer comparison with a trained network on real data: the 3D U-Net of a
+           train3d run (--infer-model, or train3d in the same invocation) on the 4 LA_heart_h5 test volumes,
+           MONAI's placement on both sides. Random weights on noise (infer) put many voxels within float rounding
+           of a tie between the two logits; a trained network's labels show whether batching changes any.
 
 Usage:
   python benchmarks/drive_supervised.py                      # train, step, infer (~60 min on 2 cores)
   python benchmarks/drive_supervised.py --parts step,infer   # the speed parts only (~4 min)
   python benchmarks/drive_supervised.py --parts train3d      # 3D layouts on LA_heart_h5 (~35 min)
+  python benchmarks/drive_supervised.py --parts train3d,infer_trained --layouts stem --no-monai --workdir W
 Ends with: RESULT drive_dice=... train_minutes=... drive_dice_half_budget=... monai_drive_dice=...
 step_ratio_vs_monai=... step_ratio_3d_vs_monai=... [la3d_dice_<layout>=...]
 infer_ratio_vs_monai=... infer_ratio_bf16_vs_monai=... infer_label_agreement_fp32=... infer_label_agreement_bf16=...
-infer_ratio_fast_vs_monai=...
+infer_ratio_fast_vs_monai=... [infer_trained_ratio_vs_monai=... infer_trained_ratio_cl3_vs_monai=...
+infer_trained_differing_voxels_fp32=... infer_trained_differing_voxels_cl3=... infer_trained_differing_voxels_bf16=...]
 """
 
 from __future__ import annotations
@@ -91,10 +98,11 @@ def peak_rss_mb() -> float:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-def train_and_evaluate(network: str, minutes: float, seed: int, workdir: Path, sec_per_step: float | None,
+def train_and_evaluate(network: str, minutes: float, seed: int, workdir: Path,
                        overrides: tuple[str, ...] = (), tag: str = "", manifest: Path = MANIFEST,
                        base: tuple[str, ...] = DRIVE_BASE, tta: bool = True) -> dict:
-    """Train for a wall-clock budget (steps from a timed warm-up), predict the test split, Dice."""
+    """Train for a wall-clock budget (``train.minutes``: the poly schedule follows the fraction of the budget spent
+    and the run stops when it is spent), predict the test split, Dice."""
     from everylabel.engine.evaluation import evaluate
     from everylabel.engine.predictor import predict
     from everylabel.engine.trainer import train
@@ -105,18 +113,9 @@ def train_and_evaluate(network: str, minutes: float, seed: int, workdir: Path, s
     common = [f"network.name={network}", *base, "data.val_fraction=0", f"train.seed={seed}", "train.log_every=100",
               "train.checkpoint_every=100000", *overrides]
     name = network + (f"_{tag}" if tag else "")
-    if sec_per_step is None:
-        # Seconds per step from steps 11-40 of a 40-step run: the first steps (oneDNN primitive creation, first
-        # optimizer step) are slower and, counted in, under-filled everylabel's budgets by ~14 % and MONAI's by ~1 %.
-        warm = workdir / f"{name}_warmup_seed{seed}"
-        m = train(manifest, warm, load_config(None, common + ["train.steps=40", "train.log_every=10"]),
-                  progress=False)
-        times = {r["step"]: r["time"] for r in m["history"] if "time" in r}
-        sec_per_step = (times[40] - times[10]) / 30
-    steps = max(50, int(minutes * 60 / sec_per_step))
     run = workdir / f"{name}_{minutes:g}min_seed{seed}"
     t0 = time.perf_counter()
-    m = train(manifest, run, load_config(None, common + [f"train.steps={steps}"]), progress=False)
+    m = train(manifest, run, load_config(None, common + [f"train.minutes={minutes}"]), progress=False)
     wall = time.perf_counter() - t0
     pred = workdir / f"{run.name}_pred"
     t1 = time.perf_counter()
@@ -124,8 +123,9 @@ def train_and_evaluate(network: str, minutes: float, seed: int, workdir: Path, s
     infer_s = time.perf_counter() - t1
     summary = evaluate(pred, manifest, split="test", metrics=("dice",))
     dice = summary["metrics"]["dice"]["foreground_mean"]
-    return {"network": name, "budget_min": minutes, "steps": steps, "train_min": m["train_seconds"] / 60,
-            "wall_min": wall / 60, "test_dice": float(dice), "predict_s": infer_s, "sec_per_step": sec_per_step}
+    return {"network": name, "budget_min": minutes, "steps": m["steps"], "train_min": m["train_seconds"] / 60,
+            "wall_min": wall / 60, "test_dice": float(dice), "predict_s": infer_s,
+            "sec_per_step": m["train_seconds"] / m["steps"]}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -196,6 +196,7 @@ INFER_RUNS = {  # everylabel runs with convention="monai": (windows per call, ch
     "fp32_fast": (8, True, False),
     "bf16": (8, True, True),
 }
+INFER_TRAINED_RUNS = {name: INFER_RUNS[name] for name in ("fp32", "fp32_cl2", "fp32_cl3", "bf16")}
 FAST_MIN_AGREEMENT = 0.999  # "fast mode": the quickest run whose labels stay this close to MONAI's
 
 
@@ -274,6 +275,59 @@ def infer_unet_benchmark(repeats: int) -> dict:
             "fp32": compare_labels(out["monai"], out["fp32"]), "bf16": compare_labels(out["monai"], out["bf16"])}
 
 
+def infer_trained_benchmark(run_dir: Path, repeats: int) -> dict:
+    """A trained 3D U-Net (a train3d run) on LA_heart_h5's 4 test volumes, preprocessed as its predictor does:
+    MONAI's sliding_window_inference at its defaults vs everylabel's runs of ``INFER_TRAINED_RUNS``; the times are
+    sums over the volumes of interleaved medians, the label comparison counts every voxel of the four."""
+    from monai.inferers import sliding_window_inference as monai_swi
+
+    from everylabel.annotations.kinds import Annotations
+    from everylabel.data.io import read_image
+    from everylabel.data.preprocess import preprocess_case
+    from everylabel.engine.inference import sliding_window_inference
+    from everylabel.engine.predictor import Predictor, find_inputs
+
+    predictor = Predictor(run_dir, "last", device="cpu")
+    net = predictor.network
+    net_cl = copy.deepcopy(net).to(memory_format=torch.channels_last_3d)
+    roi = tuple(predictor.plan.patch_size)
+
+    def ours(x, sw_batch_size, channels_last, amp):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            return sliding_window_inference(x, roi, (net_cl if channels_last else net).predict_logits, overlap=0.5,
+                                            sw_batch_size=sw_batch_size, convention="monai").float()
+
+    totals = {name: 0.0 for name in ("monai", *INFER_TRAINED_RUNS)}
+    counts = {name: {"differing_voxels": 0, "max_abs_logit_diff": 0.0} for name in INFER_TRAINED_RUNS}
+    voxels, shapes = 0, []
+    with torch.inference_mode():
+        for case in find_inputs(LA_MANIFEST, split="test"):
+            image, meta = read_image(case.images[0], key=case.key)
+            img, _, _ = preprocess_case(image, Annotations(), tuple(case.spacing or meta.spacing),
+                                        predictor.plan.preprocess)
+            x = torch.from_numpy(np.ascontiguousarray(img))[None]
+            shapes.append(tuple(x.shape[2:]))
+            runners = {"monai": lambda x=x: monai_swi(x, roi, 1, net.predict_logits, overlap=0.5, mode="gaussian")}
+            runners.update({name: lambda x=x, config=config: ours(x, *config)
+                            for name, config in INFER_TRAINED_RUNS.items()})
+            for run in runners.values():  # warm-up
+                run()
+            med, out = time_runners(runners, repeats)
+            voxels += out["monai"][0, 0].numel()
+            for name in totals:
+                totals[name] += med[name]
+            for name in INFER_TRAINED_RUNS:
+                c = compare_labels(out["monai"], out[name])
+                counts[name]["differing_voxels"] += c["differing_voxels"]
+                counts[name]["max_abs_logit_diff"] = max(counts[name]["max_abs_logit_diff"], c["max_abs_logit_diff"])
+    runs = {name: {"seconds": totals[name], "ratio": totals["monai"] / totals[name], "sw_batch_size": config[0],
+                   "channels_last_3d": config[1], "bf16": config[2],
+                   "agreement": 1 - counts[name]["differing_voxels"] / voxels, **counts[name]}
+            for name, config in INFER_TRAINED_RUNS.items()}
+    return {"monai_s": totals["monai"], "runs": runs, "voxels": voxels, "shapes": shapes, "run_dir": str(run_dir),
+            "step": predictor.step, "repeats": repeats}
+
+
 def print_train_table(rows: list) -> None:
     print("| network | budget | steps | train time | test Dice | predict |")
     print("|---|---:|---:|---:|---:|---:|")
@@ -314,14 +368,18 @@ def main(argv=None) -> int:
     ap.add_argument("--no-monai", action="store_true", help="train everylabel's layouts only")
     ap.add_argument("--minutes-3d", type=float, default=15.0, help="training budget of the train3d runs")
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--infer-model", default=None,
+                    help="infer_trained: a trained 3D run directory (default: the train3d run of the first layout, "
+                         "seed 0, in --workdir)")
     ap.add_argument("--json", default=None, help="also write all numbers to this JSON file")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     parts = set(args.parts.split(","))
     unknown = [x for x in args.layouts.split(",") if x not in LAYOUTS] + [
-        x for x in parts if x not in ("train", "train3d", "step", "infer", "infer_unet")]
+        x for x in parts if x not in ("train", "train3d", "step", "infer", "infer_unet", "infer_trained")]
     if unknown:
-        ap.error(f"unknown part or layout {', '.join(unknown)}; parts: train, train3d, step, infer, infer_unet; "
+        ap.error(f"unknown part or layout {', '.join(unknown)}; parts: train, train3d, step, infer, infer_unet, "
+                 f"infer_trained; "
                  f"layouts: {', '.join(LAYOUTS)}")
     if not MANIFEST.is_file():
         print(f"missing {MANIFEST}", file=sys.stderr)
@@ -368,13 +426,11 @@ def main(argv=None) -> int:
         rows = []
         for seed in [int(s) for s in args.seeds.split(",")]:
             for layout in args.layouts.split(","):
-                full = train_and_evaluate("unet", args.minutes, seed, workdir, None, layout_overrides(layout),
-                                          tag=layout)
-                half = train_and_evaluate("unet", args.minutes / 2, seed, workdir, full["sec_per_step"],
-                                          layout_overrides(layout), tag=layout)
-                rows += [full, half]
+                for minutes in (args.minutes, args.minutes / 2):
+                    rows.append(train_and_evaluate("unet", minutes, seed, workdir, layout_overrides(layout),
+                                                   tag=layout))
             if not args.no_monai:
-                rows.append(train_and_evaluate("monai_unet", args.minutes, seed, workdir, None))
+                rows.append(train_and_evaluate("monai_unet", args.minutes, seed, workdir))
         results["train"] = rows
         results["peak_rss_mb"] = peak_rss_mb()
         print("\n## DRIVE test Dice (20 test images, inside the FOV, 1st observer)")
@@ -384,11 +440,27 @@ def main(argv=None) -> int:
         rows = []
         for seed in [int(s) for s in args.seeds.split(",")]:
             for layout in args.layouts.split(","):
-                rows.append(train_and_evaluate("unet", args.minutes_3d, seed, workdir, None, layout_overrides(layout),
+                rows.append(train_and_evaluate("unet", args.minutes_3d, seed, workdir, layout_overrides(layout),
                                                tag=f"{layout}_3d", manifest=LA_MANIFEST, base=LA_BASE, tta=False))
         results["train3d"] = rows
         print("\n## LA_heart_h5 in 3D, test Dice (4 test volumes, 64^3 patches, batch 2, no TTA)")
         print_train_table(rows)
+    if "infer_trained" in parts:
+        run_dir = args.infer_model or workdir / f"unet_{args.layouts.split(',')[0]}_3d_{args.minutes_3d:g}min_seed0"
+        if not (Path(run_dir) / "checkpoints" / "last.pt").is_file():
+            ap.error(f"infer_trained needs a trained 3D run: --infer-model RUN_DIR, or the train3d part first "
+                     f"(no checkpoint in {run_dir})")
+        r = infer_trained_benchmark(Path(run_dir), max(1, args.repeats // 4))
+        results["infer_trained"] = r
+        print(f"\n## Sliding-window inference, trained 3D U-Net ({run_dir}, step {r['step']}) on the 4 LA_heart_h5 "
+              f"test volumes {r['shapes']}, {r['voxels']} voxels, 64^3 windows, overlap 0.5, Gaussian "
+              f"(sums of medians of {r['repeats']})")
+        rows = [("MONAI `sliding_window_inference` (sw_batch_size=1, fp32)", r["monai_s"], None)]
+        for name, run in r["runs"].items():
+            label = (f'everylabel, convention="monai", {run["sw_batch_size"]} windows/call, '
+                     f'{"bf16" if run["bf16"] else "fp32"}{", channels_last_3d" if run["channels_last_3d"] else ""}')
+            rows.append((label, run["seconds"], run))
+        print_infer_table(rows, r["monai_s"])
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=float))
 
@@ -423,6 +495,13 @@ def main(argv=None) -> int:
     if "infer_unet" in results:
         fields += [f"infer_unet_ratio_vs_monai={results['infer_unet']['ratio_fp32']:.2f}",
                    f"infer_unet_ratio_bf16_vs_monai={results['infer_unet']['ratio_bf16']:.2f}"]
+    if "infer_trained" in parts:
+        runs = results["infer_trained"]["runs"]
+        fields += [f"infer_trained_ratio_vs_monai={runs['fp32']['ratio']:.2f}",
+                   f"infer_trained_ratio_cl3_vs_monai={runs['fp32_cl3']['ratio']:.2f}",
+                   f"infer_trained_differing_voxels_fp32={runs['fp32']['differing_voxels']}",
+                   f"infer_trained_differing_voxels_cl3={runs['fp32_cl3']['differing_voxels']}",
+                   f"infer_trained_differing_voxels_bf16={runs['bf16']['differing_voxels']}"]
     print("RESULT " + " ".join(fields))
     if tmp is not None:
         tmp.cleanup()
