@@ -172,10 +172,11 @@ class OptimConfig:
 class TrainConfig:
     steps: int = 2000
     minutes: float | None = None
-    """A wall-clock budget instead of a step count: training stops when this many minutes of training (summed
-    over resumed sessions) are spent, and the schedule (learning rate, a method's ramp-ups) follows the fraction of
-    the budget spent rather than ``steps``, which is then ignored. For comparisons at equal time: a run's step
-    count, and so its result, depends on the machine's speed, and the run is not reproducible bit for bit."""
+    """A wall-clock budget instead of a step count: training stops when the training loop (validation and
+    checkpoints included, data loading and planning not; summed over resumed sessions) has run this many minutes,
+    and the schedule (learning rate, a method's ramp-ups) follows the fraction of the budget spent rather than
+    ``steps``, which is then ignored. For comparisons at equal time: a run's step count, and so its result, depends
+    on the machine's speed, and the run is not reproducible bit for bit."""
     val_every: int = 250
     log_every: int = 50
     seed: int = 0

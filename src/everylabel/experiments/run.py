@@ -226,7 +226,8 @@ def run_one(run_dir: str | Path, progress: bool = False) -> dict:
             resume = (train_dir / "checkpoints" / "last.pt").is_file()
             metrics = train(simulated, train_dir, cfg, resume=resume, progress=progress)
             if not metrics["completed"]:
-                raise RunInterrupted(f"training stopped at step {metrics['steps']} of {cfg.train.steps}")
+                length = f"{cfg.train.minutes:g} minutes" if cfg.train.minutes else f"{cfg.train.steps} steps"
+                raise RunInterrupted(f"training stopped at step {metrics['steps']} of a {length} schedule")
             row["train"] = {"steps": metrics["steps"], "train_seconds": metrics["train_seconds"],
                             "best_val_dice": metrics["best_val_dice"], "resumed": resume}
             pred_dir = run_dir / "pred"
