@@ -366,6 +366,10 @@ def main(argv=None) -> int:
     ap.add_argument("--layouts", default=",".join(LAYOUTS),
                     help=f"everylabel U-Net layouts to train, the first one is the RESULT's (of {', '.join(LAYOUTS)})")
     ap.add_argument("--no-monai", action="store_true", help="train everylabel's layouts only")
+    ap.add_argument("--budgets", default="full,half",
+                    help="train: everylabel's budgets, 'full' (--minutes) and/or 'half'; empty for MONAI's runs only")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config override for every training run, both networks (e.g. optim.lr=0.005)")
     ap.add_argument("--minutes-3d", type=float, default=15.0, help="training budget of the train3d runs")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--infer-model", default=None,
@@ -381,6 +385,10 @@ def main(argv=None) -> int:
         ap.error(f"unknown part or layout {', '.join(unknown)}; parts: train, train3d, step, infer, infer_unet, "
                  f"infer_trained; "
                  f"layouts: {', '.join(LAYOUTS)}")
+    budgets = [b for b in args.budgets.split(",") if b]
+    if any(b not in ("full", "half") for b in budgets):
+        ap.error(f"--budgets takes 'full' and/or 'half', got {args.budgets!r}")
+    extra = tuple(args.overrides)
     if not MANIFEST.is_file():
         print(f"missing {MANIFEST}", file=sys.stderr)
         return 1
@@ -426,11 +434,11 @@ def main(argv=None) -> int:
         rows = []
         for seed in [int(s) for s in args.seeds.split(",")]:
             for layout in args.layouts.split(","):
-                for minutes in (args.minutes, args.minutes / 2):
-                    rows.append(train_and_evaluate("unet", minutes, seed, workdir, layout_overrides(layout),
-                                                   tag=layout))
+                for minutes in [{"full": args.minutes, "half": args.minutes / 2}[b] for b in budgets]:
+                    rows.append(train_and_evaluate("unet", minutes, seed, workdir,
+                                                   layout_overrides(layout) + extra, tag=layout))
             if not args.no_monai:
-                rows.append(train_and_evaluate("monai_unet", args.minutes, seed, workdir))
+                rows.append(train_and_evaluate("monai_unet", args.minutes, seed, workdir, extra))
         results["train"] = rows
         results["peak_rss_mb"] = peak_rss_mb()
         print("\n## DRIVE test Dice (20 test images, inside the FOV, 1st observer)")
@@ -440,7 +448,8 @@ def main(argv=None) -> int:
         rows = []
         for seed in [int(s) for s in args.seeds.split(",")]:
             for layout in args.layouts.split(","):
-                rows.append(train_and_evaluate("unet", args.minutes_3d, seed, workdir, layout_overrides(layout),
+                rows.append(train_and_evaluate("unet", args.minutes_3d, seed, workdir,
+                                               layout_overrides(layout) + extra,
                                                tag=f"{layout}_3d", manifest=LA_MANIFEST, base=LA_BASE, tta=False))
         results["train3d"] = rows
         print("\n## LA_heart_h5 in 3D, test Dice (4 test volumes, 64^3 patches, batch 2, no TTA)")
