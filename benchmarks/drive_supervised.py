@@ -481,9 +481,11 @@ def main(argv=None) -> int:
 
         main_rows = [r for r in results["train"] if r["network"] == f"unet_{main_layout}"
                      and r["budget_min"] == args.minutes]
-        fields += [f"drive_dice={np.mean(rows_of(f'unet_{main_layout}', args.minutes)):.4f}",
-                   f"train_minutes={np.mean([r['train_min'] for r in main_rows]):.2f}",
-                   f"drive_dice_half_budget={np.mean(rows_of(f'unet_{main_layout}', args.minutes / 2)):.4f}"]
+        if main_rows:
+            fields += [f"drive_dice={np.mean(rows_of(f'unet_{main_layout}', args.minutes)):.4f}",
+                       f"train_minutes={np.mean([r['train_min'] for r in main_rows]):.2f}"]
+        if rows_of(f"unet_{main_layout}", args.minutes / 2):
+            fields.append(f"drive_dice_half_budget={np.mean(rows_of(f'unet_{main_layout}', args.minutes / 2)):.4f}")
         if not args.no_monai:
             fields.append(f"monai_drive_dice={np.mean(rows_of('monai_unet', args.minutes)):.4f}")
     if "step" in results:
