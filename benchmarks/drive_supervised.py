@@ -355,6 +355,16 @@ def print_infer_table(rows: list, monai_s: float) -> None:
         print(f"| {name} | {sec:.2f} s | {monai_s / sec:.2f}x | {equal} | {differing} | {diff} |")
 
 
+def print_infer_runs(r: dict) -> None:
+    """The table of an infer / infer_trained result: MONAI's runner, then everylabel's runs with convention="monai"."""
+    rows = [("MONAI `sliding_window_inference` (sw_batch_size=1, fp32)", r["monai_s"], None)]
+    for run in r["runs"].values():
+        label = (f'everylabel, convention="monai", {run["sw_batch_size"]} windows/call, '
+                 f'{"bf16" if run["bf16"] else "fp32"}{", channels_last_3d" if run["channels_last_3d"] else ""}')
+        rows.append((label, run["seconds"], run))
+    print_infer_table(rows, r["monai_s"])
+
+
 # ----------------------------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -413,12 +423,7 @@ def main(argv=None) -> int:
         results["infer"] = r
         print(f"\n## Sliding-window inference, MONAI's 3D UNet on both sides, 256x256x128 volume, 64^3 windows, "
               f"overlap 0.5, Gaussian (median of {r['repeats']})")
-        rows = [("MONAI `sliding_window_inference` (sw_batch_size=1, fp32)", r["monai_s"], None)]
-        for name, run in r["runs"].items():
-            label = (f'everylabel, convention="monai", {run["sw_batch_size"]} windows/call, '
-                     f'{"bf16" if run["bf16"] else "fp32"}{", channels_last_3d" if run["channels_last_3d"] else ""}')
-            rows.append((label, run["seconds"], run))
-        print_infer_table(rows, r["monai_s"])
+        print_infer_runs(r)
         print(f"fast mode (quickest with labels >= {100 * FAST_MIN_AGREEMENT:g}% equal to MONAI's): {r['fast']}")
         e = r["exact_crop"]
         print(f"exactness check, 128x128x64 crop, one window per call on both sides: labels "
@@ -464,12 +469,7 @@ def main(argv=None) -> int:
         print(f"\n## Sliding-window inference, trained 3D U-Net ({run_dir}, step {r['step']}) on the 4 LA_heart_h5 "
               f"test volumes {r['shapes']}, {r['voxels']} voxels, 64^3 windows, overlap 0.5, Gaussian "
               f"(sums of medians of {r['repeats']})")
-        rows = [("MONAI `sliding_window_inference` (sw_batch_size=1, fp32)", r["monai_s"], None)]
-        for name, run in r["runs"].items():
-            label = (f'everylabel, convention="monai", {run["sw_batch_size"]} windows/call, '
-                     f'{"bf16" if run["bf16"] else "fp32"}{", channels_last_3d" if run["channels_last_3d"] else ""}')
-            rows.append((label, run["seconds"], run))
-        print_infer_table(rows, r["monai_s"])
+        print_infer_runs(r)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=float))
 
