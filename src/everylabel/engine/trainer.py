@@ -357,9 +357,8 @@ def train(data: str | Path, out_dir: str | Path, cfg: Config, *, resume: bool = 
     method.setup(network)
     method.to(device)
     optimizer = build_optimizer(cfg, network.parameters())
-    total = int(cfg.train.steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(
-        cfg.optim.schedule, total, cfg.optim.warmup_steps,
+        cfg.optim.schedule, clock.total_steps, cfg.optim.warmup_steps,
         progress=clock.fraction if clock.budget_s is not None else None))
     rng = np.random.default_rng(cfg.train.seed)
     sampler = PatchSampler(train_cases, plan.sample_patch, cfg.data.foreground_oversample, rng,
@@ -401,7 +400,7 @@ def train(data: str | Path, out_dir: str | Path, cfg: Config, *, resume: bool = 
         if clock.budget_s is None:
             bar = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn())
-            task = bar.add_task("train", total=total, completed=start_step, info="")
+            task = bar.add_task("train", total=clock.total_steps, completed=start_step, info="")
         else:  # a wall-clock budget: the bar counts seconds of it
             bar = Progress(TextColumn("[bold]train"), BarColumn(),
                            TextColumn("{task.completed:.0f}/{task.total:.0f} s"), TextColumn("{task.fields[info]}"),
