@@ -8,14 +8,15 @@ everylabel's U-Net layouts (``LAYOUTS``; ``--layouts`` picks them, the first one
 Parts (train, step and infer by default):
   train  - train each layout (budget B minutes and B/2 minutes) and MONAI's UNet (B minutes) with the same loop,
            loss (Dice + CE, deep supervision where the network has it), augmentation, optimiser (AdamW, poly LR),
-           128x128 patches, batch 8, bf16 autocast; evaluate on DRIVE's 20 test images inside the field of view
-           (1st observer), with flip test-time augmentation for all. A budget is the trainer's wall-clock budget
-           (``train.minutes``): the LR schedule follows the fraction of the time spent, and the run stops when it
-           is spent.
+           128x128 patches, batch 8, precision "auto" (bf16 autocast on a CPU with native bf16); evaluate on
+           DRIVE's 20 test images inside the field of view (1st observer), with flip test-time augmentation for
+           all. A budget is the trainer's wall-clock budget (``train.minutes``): the LR schedule follows the
+           fraction of the time spent, and the run stops when it is spent.
   train3d - (not run by default) each layout in 3D on LA_heart_h5 (16 training volumes, the planner's 64^3 patches
            and batch 2, budget --minutes-3d), test Dice on the 4 test volumes without TTA.
   step   - median time of one training step (forward + backward + AdamW) of each layout at everylabel's training
-           defaults (bf16 autocast, channels_last, fused AdamW as its trainer builds it) and of MONAI's UNet at its
+           defaults (channels_last, fused AdamW as its trainer builds it, bf16 autocast where precision "auto"
+           picks it: a CPU with native bf16) and of MONAI's UNet at its
            defaults (fp32, torch's default AdamW), similar parameter
            counts, same batch: 2D (8, 3, 128, 128) and 3D (2, 1, 64, 64, 64); interleaved repeats.
   infer  - sliding-window inference of MONAI's 3D UNet (``monai_unet``, random weights; the same network on both
@@ -60,6 +61,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from everylabel.engine.trainer import autocast_dtype
 from everylabel.networks.unet import DEFAULT_FEATURES, STEM_FEATURES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -164,6 +166,7 @@ def step_benchmark(repeats: int) -> dict:
     """Step times of every everylabel layout and of MONAI's UNet, interleaved in one loop per dimensionality."""
     from everylabel.networks import UNet
 
+    amp = autocast_dtype("auto", torch.device("cpu")) is not None  # the trainer's default: bf16 where it is native
     out = {}
     for dims, shape in ((2, (8, 3, 128, 128)), (3, (2, 1, 64, 64, 64))):
         torch.manual_seed(0)
@@ -172,7 +175,7 @@ def step_benchmark(repeats: int) -> dict:
         cl = torch.channels_last if dims == 2 else torch.channels_last_3d
 
         def ours(kwargs, dims=dims, cl=cl, shape=shape):
-            return lambda: (UNet(dims, shape[1], 2, **kwargs).to(memory_format=cl), True, cl, True)
+            return lambda: (UNet(dims, shape[1], 2, **kwargs).to(memory_format=cl), amp, cl, True)
 
         def theirs(dims=dims, shape=shape):
             return monai_unet(dims, shape[1], 2), False, None
@@ -410,8 +413,9 @@ def main(argv=None) -> int:
     if "step" in parts:
         s = step_benchmark(args.repeats)
         results["step"] = s
-        print("\n## Training step (median of interleaved repeats; everylabel in bf16 autocast + channels_last with "
-              "fused AdamW, MONAI at its defaults, fp32)")
+        print("\n## Training step (median of interleaved repeats; everylabel at its training defaults: "
+              f"{'bf16 autocast' if autocast_dtype('auto', torch.device('cpu')) else 'fp32'} + channels_last with "
+              "fused AdamW; MONAI at its defaults, fp32)")
         print("| dims | everylabel layout | time | params | MONAI UNet | params | ratio (MONAI / ours) |")
         print("|---|---|---:|---:|---:|---:|---:|")
         for d, r in s.items():

@@ -16,7 +16,7 @@ from PIL import Image
 from everylabel.data.synthetic import make_dataset
 from everylabel.engine.evaluation import evaluate
 from everylabel.engine.predictor import predict
-from everylabel.engine.trainer import train
+from everylabel.engine.trainer import autocast_dtype, train
 from everylabel.experiments.config import load_config
 
 TINY = ["network.features=[8, 16, 32]", "data.patch_size=[32, 32]", "data.batch_size=2", "train.log_every=1",
@@ -41,6 +41,7 @@ def test_train_predict_evaluate(dataset, tmp_path):
         assert (run / name).is_file(), name
     run_info = json.loads((run / "run.json").read_text())
     assert run_info["seed"] == 0 and "everylabel" in run_info["code"] and len(run_info["val_cases"]) == 1
+    assert run_info["precision"] == ("bf16" if autocast_dtype("auto", torch.device("cpu")) else "fp32")
     assert not list(run.rglob("*.tmp")), "temporary files left behind"
 
     outs = predict(run, dataset / "imagesTs", tmp_path / "pred", progress=False)

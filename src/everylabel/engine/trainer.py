@@ -73,12 +73,49 @@ def pick_device(info: DistInfo) -> torch.device:
     return torch.device("cpu")
 
 
+# oneDNN instruction-set caps (``ONEDNN_MAX_CPU_ISA``) below AVX512_CORE_BF16: no bf16 dot products
+_ONEDNN_ISAS_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes in bfloat16 natively: oneDNN's bf16 kernels are available and not capped below
+    AVX512_CORE_BF16 by ``ONEDNN_MAX_CPU_ISA``, and on x86 the CPU has AVX512-BF16 or AMX (elsewhere, e.g. ARM,
+    oneDNN's check covers the bf16 instructions).
+
+    Without them oneDNN emulates bf16, and bf16 autocast makes a training step slower than fp32. Measured with
+    oneDNN and ATen capped on a 2-core AVX512-BF16 machine (``benchmarks/cpu_precision.py``, BENCHMARKS.md), the
+    default U-Net's bf16 step time over fp32's, two runs: 0.84-0.85 (2D) and 0.77-0.80 (3D) uncapped; 2.2-2.4 at
+    AVX512 without BF16 (Skylake to Cascade Lake servers); 9.8-10.1 (2D) at AVX2, the instruction set of most laptops
+    and desktops.
+    """
+    import platform
+
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").upper()
+    if cap in _ONEDNN_ISAS_WITHOUT_BF16:
+        return False
+    try:
+        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return False
+        if platform.machine().lower() in ("x86_64", "amd64", "x86", "i386", "i686"):
+            amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+            return bool(torch.cpu._is_avx512_bf16_supported() or amx())
+        return True
+    except (AttributeError, RuntimeError):  # an older torch without these checks: no autocast by default
+        return False
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for a precision setting (None = fp32)."""
+    """The autocast dtype for a precision setting (None = fp32).
+
+    "auto": bf16 on a CPU with native bf16 (:func:`cpu_has_native_bf16`) and on CUDA devices that support it, fp16 on
+    other CUDA devices, fp32 on other CPUs.
+    """
     if precision == "fp32":
         return None
     if precision == "auto":
-        return torch.bfloat16 if device.type == "cpu" or torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "cpu":
+            return torch.bfloat16 if cpu_has_native_bf16() else None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if precision == "bf16":
         return torch.bfloat16
     if precision == "fp16":
@@ -330,6 +367,9 @@ def train(data: str | Path, out_dir: str | Path, cfg: Config, *, resume: bool = 
     val_cases = [c for c in val_cases if c.ann.labels is not None]
     del raw_train
 
+    amp = autocast_dtype(cfg.train.precision, device)
+    amp_name = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp]
+
     # --- run directory ---------------------------------------------------------------------------------
     log_handler = None
     if info.is_main:
@@ -340,7 +380,11 @@ def train(data: str | Path, out_dir: str | Path, cfg: Config, *, resume: bool = 
         atomic_write_json(run_dir / "run.json", {
             "data": str(data), "seed": cfg.train.seed, "code": code_version(), "world_size": info.world_size,
             "train_cases": [c.case_id for c in train_cases], "val_cases": [c.case_id for c in val_cases],
-            "kinds": sorted(k.value for k in kinds)})
+            "kinds": sorted(k.value for k in kinds), "precision": amp_name})
+        log.info("training in %s (train.precision=%s)", amp_name, cfg.train.precision)
+        if amp is torch.bfloat16 and device.type == "cpu" and not cpu_has_native_bf16():
+            log.warning("train.precision=bf16 on a CPU without native bf16: oneDNN emulates it, and a step can take "
+                        "2-10x longer than in fp32 (train.precision=auto picks fp32 here)")
 
     # --- model, optimiser, schedule ----------------------------------------------------------------------
     torch.manual_seed(cfg.train.seed)
@@ -365,7 +409,6 @@ def train(data: str | Path, out_dir: str | Path, cfg: Config, *, resume: bool = 
                            slice_axis=plan.slice_axis, slice_context=plan.slice_context)
     groups = batch_groups(cfg.data.labelled_fraction, plan.batch_size, info.world_size, train_cases)
     augment = build_augmentation(cfg.augment)
-    amp = autocast_dtype(cfg.train.precision, device)
     # fp16 (CUDA without bf16) needs loss scaling; bf16 and fp32 do not
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
 

@@ -181,7 +181,9 @@ class TrainConfig:
     log_every: int = 50
     seed: int = 0
     precision: str = "auto"
-    """"auto" (bf16 autocast on CPU and CUDA when supported), "bf16", "fp16" (CUDA) or "fp32"."""
+    """"auto" (bf16 autocast on a CPU with native bf16, i.e. AVX512-BF16 or AMX on x86, and on CUDA where supported;
+    fp16 on other CUDA devices; fp32 on other CPUs, where bf16 would be emulated and slower), "bf16", "fp16" (CUDA)
+    or "fp32"."""
     channels_last: bool = True
     num_threads: int | None = None
     """torch threads; None = torch's default."""
