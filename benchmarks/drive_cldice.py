@@ -120,10 +120,11 @@ def main() -> None:
 
     rows = {}
     if not args.speed_only:
-        # network.stem_stride=1: the nnU-Net layout these tables were run with (the default before 2026-11-24).
-        base = ["network.stem_stride=1", "data.patch_size=[128, 128]", "data.batch_size=8", "data.val_fraction=0",
-                f"train.steps={args.steps}", "train.log_every=100", "train.checkpoint_every=100000",
-                "train.val_every=100000"]
+        # network.stem_stride=1 and optim.lr=0.003: the nnU-Net layout and AdamW learning rate these tables were run
+        # with (the defaults before 2026-11-24 and 2026-11-25).
+        base = ["network.stem_stride=1", "optim.lr=0.003", "data.patch_size=[128, 128]", "data.batch_size=8",
+                "data.val_fraction=0", f"train.steps={args.steps}", "train.log_every=100",
+                "train.checkpoint_every=100000", "train.val_every=100000"]
         for label, tag, over in configs(alphas, args.iterations, args.base):
             per_run = []
             for split_name, manifest in splits(args.dataset, args.folds, workdir):

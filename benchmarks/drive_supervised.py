@@ -68,7 +68,7 @@ REPO = Path(__file__).resolve().parents[1]
 MANIFEST = REPO / "examples" / "manifests" / "drive.yaml"
 LA_MANIFEST = REPO / "examples" / "manifests" / "la_heart.yaml"
 DRIVE_BASE = ("data.patch_size=[128, 128]", "data.batch_size=8")
-LA_BASE = ()  # 3D: the planner's defaults (64^3 patches, batch 2)
+LA_BASE = ("optim.lr=0.003",)  # 3D: the planner's defaults (64^3 patches, batch 2); the LR of the recorded runs
 # everylabel U-Net layouts compared (constructor arguments; the training runs get the same as config overrides).
 # Each layout spelled out (stride and channels), so that a run does not depend on the config's default layout.
 LAYOUTS = {

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from everylabel.engine.trainer import TrainClock, build_optimizer, lr_lambda
-from everylabel.experiments.config import load_config
+from everylabel.experiments.config import DEFAULT_LR, load_config
 from everylabel.networks import UNet
 
 
@@ -18,8 +18,8 @@ def test_adamw_is_fused_and_matches_the_reference_update():
     start = {k: v.clone() for k, v in a.state_dict().items()}
     cfg = load_config(None, ["optim.weight_decay=0.01"])
     fused = build_optimizer(cfg, a.parameters())
-    assert fused.defaults["fused"] is True
-    ref = torch.optim.AdamW(b.parameters(), lr=3e-3, weight_decay=0.01)
+    assert fused.defaults["fused"] is True and fused.defaults["lr"] == DEFAULT_LR["adamw"] == 5e-3
+    ref = torch.optim.AdamW(b.parameters(), lr=5e-3, weight_decay=0.01)
     x = torch.randn(2, 1, 16, 16)
     for _ in range(3):
         for net, opt in ((a, fused), (b, ref)):
@@ -48,3 +48,12 @@ def test_schedule_follows_the_fraction_of_a_wall_clock_budget():
     assert steps.projected_steps(3) == 100
     with pytest.raises(ValueError, match="train.minutes must be > 0"):
         TrainClock(total_steps=100, minutes=0)
+
+
+def test_optim_lr_overrides_the_default_and_sgd_keeps_nnunets():
+    net = UNet(2, 1, 2, features=(4, 8))
+    assert build_optimizer(load_config(None, ["optim.lr=0.003"]), net.parameters()).defaults["lr"] == 0.003
+    sgd = build_optimizer(load_config(None, ["optim.name=sgd"]), net.parameters())
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["lr"] == 1e-2 and sgd.defaults["nesterov"]
+    with pytest.raises(ValueError, match="optim.name must be 'adamw' or 'sgd', got 'adam'"):
+        build_optimizer(load_config(None, ["optim.name=adam"]), net.parameters())

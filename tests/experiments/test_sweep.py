@@ -307,6 +307,61 @@ def test_former_default_pinned_keeps_names_new_default_renames(dataset, tmp_path
     assert "stem_stride" not in json.dumps(delta)
 
 
+def test_former_learning_rate_pinned_keeps_names_new_default_renames(dataset, tmp_path, monkeypatch):
+    """AdamW's default LR went 3e-3 -> 5e-3: a sweep that pins 0.003 keeps the names its runs had under the old
+    default, one that takes the new default gets new names, and SGD's unchanged default keeps its names."""
+    from everylabel.experiments import config as config_module
+    from everylabel.experiments.config import config_from_dict, with_effective_lr
+    from everylabel.experiments.sweep import FORMER_DEFAULT_LR, hash_defaults
+
+    def name(method: dict) -> str:
+        path = _sweep(tmp_path, dataset, methods={"supervised": method}, budgets={"masks": ["all"]})
+        return expand(load_sweep(path))[0].name
+
+    sgd = {"optim.name": "sgd"}
+    monkeypatch.setattr(config_module, "DEFAULT_LR", dict(FORMER_DEFAULT_LR))  # the code as it was before
+    old_plain, old_sgd = name({}), name(sgd)
+    monkeypatch.undo()
+    assert config_module.DEFAULT_LR["adamw"] == 5e-3
+    assert name({"optim.lr": 0.003}) == old_plain != name({})
+    assert name({}) == name({"optim.lr": 0.005}) and name(sgd) == old_sgd
+    resolved = with_effective_lr(config_from_dict({"optim": {"lr": 0.003}}).to_dict())
+    assert "optim" not in config_delta(resolved, hash_defaults("adamw"))
+
+
+def test_with_effective_lr_fills_the_default_per_optimizer():
+    from everylabel.experiments.config import DEFAULT_LR, config_from_dict, with_effective_lr
+    from everylabel.experiments.sweep import FORMER_DEFAULT_LR
+
+    adamw = config_from_dict({}).to_dict()
+    assert adamw["optim"]["lr"] is None and with_effective_lr(adamw)["optim"]["lr"] == DEFAULT_LR["adamw"] == 5e-3
+    assert with_effective_lr(adamw, FORMER_DEFAULT_LR)["optim"]["lr"] == 3e-3
+    assert adamw["optim"]["lr"] is None  # the input is not changed
+    sgd = config_from_dict({"optim": {"name": "sgd"}}).to_dict()
+    assert with_effective_lr(sgd)["optim"]["lr"] == with_effective_lr(sgd, FORMER_DEFAULT_LR)["optim"]["lr"] == 1e-2
+    pinned = config_from_dict({"optim": {"lr": 0.01}}).to_dict()
+    assert with_effective_lr(pinned)["optim"]["lr"] == 0.01
+    assert with_effective_lr({"method": {}}) == {"method": {}}  # no optim section: nothing to fill
+
+
+def test_rows_store_the_learning_rate_and_old_rows_read_as_the_former_default(dataset, tmp_path):
+    """A row stores the LR its run trained with. A row written when it stored ``null`` (= 3e-3 for AdamW then) is
+    done for a sweep that pins 0.003 and stale for one that takes today's default."""
+    pinned = load_sweep(_sweep(tmp_path, dataset, base={**TINY, "optim": {"lr": 0.003}}, budgets={"masks": ["all"]}))
+    plain = load_sweep(_sweep(tmp_path, dataset, base=TINY, budgets={"masks": ["all"]}))
+    (run,), (run_plain,) = expand(pinned), expand(plain)
+    sweep_dir = tmp_path / "sweep"
+    prepare(pinned, [run], sweep_dir)
+    assert execute([run], sweep_dir, echo=lambda line: None) == {run.name: "ok"}
+    result = sweep_dir / "results" / f"{run.name}.json"
+    row = json.loads(result.read_text())
+    assert row["config"]["optim"]["lr"] == 0.003 and row["train"]["steps"] == 2
+    row["config"]["optim"]["lr"] = None  # as rows were written before 2026-11-25
+    result.write_text(json.dumps(row))
+    assert stale_keys(row, run) == [] and run_status(sweep_dir, run) == "done"
+    assert stale_keys(row, run_plain) == ["optim.lr"]  # the same row against today's default, 5e-3
+
+
 def test_changed_default_makes_a_finished_run_stale(dataset, tmp_path):
     """A finished row whose stored config differs from today's resolution (a default changed since) is re-run from
     scratch, its old outputs kept under runs/<name>/stale/; a row lacking a newer option stays done."""

@@ -154,12 +154,18 @@ class MethodConfig:
     one confident class everywhere; Krause et al. 2010)."""
 
 
+DEFAULT_LR = {"adamw": 5e-3, "sgd": 1e-2}
+"""The learning rate ``optim.lr: null`` stands for. SGD's is nnU-Net's. AdamW's was 3e-3 until 2026-11-25; 5e-3 scored
+higher on held-out DRIVE training images in both folds tried (0.8286 vs 0.8270 Dice, 6,000 steps,
+benchmarks/drive_lr_val.py; BENCHMARKS.md). Benchmarks recorded before then pin ``optim.lr: 0.003``."""
+
+
 @dataclass(frozen=True)
 class OptimConfig:
     name: str = "adamw"
     """"adamw" or "sgd"."""
     lr: float | None = None
-    """None = 3e-3 for AdamW, 1e-2 for SGD (nnU-Net)."""
+    """None = ``DEFAULT_LR[name]``: 5e-3 for AdamW, 1e-2 for SGD (nnU-Net)."""
     weight_decay: float = 1e-4
     momentum: float = 0.99
     schedule: str = "poly"
@@ -276,6 +282,17 @@ def _build(cls, data: dict, where: str):
 def config_from_dict(data: dict | None, where: str = "config") -> Config:
     """Build a :class:`Config` from a (possibly partial) nested dict; unknown keys raise ValueError."""
     return _build(Config, data or {}, where)
+
+
+def with_effective_lr(resolved: dict, table: dict | None = None) -> dict:
+    """A resolved config dict (``Config.to_dict()``) with ``optim.lr: null`` replaced by the learning rate it stands
+    for, ``table[optim.name]`` (default :data:`DEFAULT_LR`). What ``null`` means has changed (AdamW 3e-3 -> 5e-3 on
+    2026-11-25), so sweep result rows store this form and compare runs by it."""
+    optim = resolved.get("optim")
+    if not isinstance(optim, dict) or optim.get("lr") is not None:
+        return resolved
+    lr = (DEFAULT_LR if table is None else table).get(optim.get("name", "adamw"))
+    return {**resolved, "optim": {**optim, "lr": lr}}
 
 
 def parse_set_options(options: list[str] | tuple[str, ...]) -> dict:

@@ -211,10 +211,10 @@ def run_one(run_dir: str | Path, progress: bool = False) -> dict:
             from everylabel.engine.evaluation import evaluate
             from everylabel.engine.predictor import predict
             from everylabel.engine.trainer import train
-            from everylabel.experiments.config import config_from_dict
+            from everylabel.experiments.config import config_from_dict, with_effective_lr
 
             cfg = config_from_dict(spec.overrides)
-            row["config"] = cfg.to_dict()
+            row["config"] = with_effective_lr(cfg.to_dict())
             source = write_source_manifest(spec, run_dir / "data" / "source" / "manifest.yaml")
             simulated = simulate_manifest(source, run_dir / "data" / "simulated", spec.protocol_spec, seed=spec.seed)
             cost = price_simulation(simulated.parent, cost_model_from_dict(spec.cost))
@@ -304,12 +304,14 @@ def stale_keys(row: dict, run: RunSpec) -> list[str]:
 
     Run names hash only the config's difference from the defaults (see :mod:`.sweep`), so a changed default keeps
     the name; this comparison catches it. Keys that did not exist when the row was written (options added since,
-    at their defaults) are not compared.
+    at their defaults) are not compared. ``optim.lr`` is compared as the learning rate trained with: rows store it
+    so; a row that stores ``null`` predates that and meant :data:`~everylabel.experiments.sweep.FORMER_DEFAULT_LR`.
     """
-    from everylabel.experiments.config import config_from_dict
+    from everylabel.experiments.config import config_from_dict, with_effective_lr
+    from everylabel.experiments.sweep import FORMER_DEFAULT_LR
 
-    stored = _flatten(row.get("config") or {})
-    now = _flatten(config_from_dict(run.overrides).to_dict())
+    stored = _flatten(with_effective_lr(row.get("config") or {}, FORMER_DEFAULT_LR))
+    now = _flatten(with_effective_lr(config_from_dict(run.overrides).to_dict()))
     return sorted(k for k in stored.keys() & now.keys() if stored[k] != now[k])
 
 

@@ -149,12 +149,20 @@ hash the config's difference from the defaults with these put back (see the modu
 - ``network.stem_stride``: added 2026-11-24 with default 2 (strided stem); earlier runs used the nnU-Net layout.
 """
 
+FORMER_DEFAULT_LR: dict = {"adamw": 3e-3, "sgd": 1e-2}
+"""What ``optim.lr: null`` stood for until 2026-11-25 (AdamW's default is 5e-3 since). Run names hash the effective
+learning rate against these, so a sweep that pins ``optim.lr: 0.003`` keeps the names its runs had when that was the
+default and one that takes today's default gets new names; result rows written before then store ``null``, which
+:func:`~everylabel.experiments.run.stale_keys` reads with this table."""
 
-def hash_defaults() -> dict:
-    """The defaults that run names are hashed against: today's, with :data:`FORMER_DEFAULTS` put back."""
+
+def hash_defaults(optim_name: str = "adamw") -> dict:
+    """The defaults that run names are hashed against: today's, with :data:`FORMER_DEFAULTS` put back and the
+    learning rate of :data:`FORMER_DEFAULT_LR` for ``optim_name``."""
     from everylabel.experiments.config import config_from_dict, merge
 
-    return merge(config_from_dict({}).to_dict(), FORMER_DEFAULTS)
+    return merge(merge(config_from_dict({}).to_dict(), FORMER_DEFAULTS),
+                 {"optim": {"lr": FORMER_DEFAULT_LR.get(optim_name)}})
 
 
 def _stable_hash(obj, n: int = 8) -> str:
@@ -437,14 +445,14 @@ def _check_against_data(spec: SweepSpec, where: str) -> None:
 def expand(spec: SweepSpec) -> list[RunSpec]:
     """Every run of the grid, in method, protocol, seed, fold order; names are deterministic."""
     from everylabel.annotations.protocol import parse_protocol
-    from everylabel.experiments.config import config_from_dict, merge
+    from everylabel.experiments.config import config_from_dict, merge, with_effective_lr
 
     folds = list(range(spec.folds)) if spec.folds else [None]
     pools = {}
     for f in folds:
         layout = source_manifest(spec.data, spec.folds, f, spec.fold_seed)
         pools[f] = layout["cases"]
-    defaults = hash_defaults()
+    defaults: dict = {}  # per optimizer name; an unknown name fails in its run, with the trainer's error
     runs = []
     for mname, changes in spec.methods.items():
         for pname, proto in spec.protocols.items():
@@ -454,9 +462,10 @@ def expand(spec: SweepSpec) -> list[RunSpec]:
             for seed in spec.seeds:
                 for fold in folds:
                     overrides = merge(merge(spec.base, changes), {"train": {"seed": int(seed)}})
-                    resolved = config_from_dict(overrides).to_dict()
+                    resolved = with_effective_lr(config_from_dict(overrides).to_dict())
                     pool = len([c for c in pools[fold] if c["split"] in parsed.splits and c["id"] not in parsed.cases])
-                    delta = config_delta(resolved, defaults)
+                    optim = resolved["optim"]["name"]
+                    delta = config_delta(resolved, defaults.setdefault(optim, hash_defaults(optim)))
                     key = {"config": delta, "protocol": proto, "seed": seed, "fold": fold, "folds": spec.folds,
                            "fold_seed": spec.fold_seed, "data": spec.data, "metrics": list(spec.metrics),
                            "cost": spec.cost}
