@@ -311,8 +311,8 @@ def test_former_learning_rate_pinned_keeps_names_new_default_renames(dataset, tm
     """AdamW's default LR went 3e-3 -> 5e-3: a sweep that pins 0.003 keeps the names its runs had under the old
     default, one that takes the new default gets new names, and SGD's unchanged default keeps its names."""
     from everylabel.experiments import config as config_module
-    from everylabel.experiments.config import config_from_dict, with_effective_lr
-    from everylabel.experiments.sweep import FORMER_DEFAULT_LR, hash_defaults
+    from everylabel.experiments.config import FORMER_DEFAULT_LR, config_from_dict, with_effective_lr
+    from everylabel.experiments.sweep import hash_defaults
 
     def name(method: dict) -> str:
         path = _sweep(tmp_path, dataset, methods={"supervised": method}, budgets={"masks": ["all"]})
@@ -330,8 +330,7 @@ def test_former_learning_rate_pinned_keeps_names_new_default_renames(dataset, tm
 
 
 def test_with_effective_lr_fills_the_default_per_optimizer():
-    from everylabel.experiments.config import DEFAULT_LR, config_from_dict, with_effective_lr
-    from everylabel.experiments.sweep import FORMER_DEFAULT_LR
+    from everylabel.experiments.config import DEFAULT_LR, FORMER_DEFAULT_LR, config_from_dict, with_effective_lr
 
     adamw = config_from_dict({}).to_dict()
     assert adamw["optim"]["lr"] is None and with_effective_lr(adamw)["optim"]["lr"] == DEFAULT_LR["adamw"] == 5e-3

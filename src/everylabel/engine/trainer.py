@@ -32,7 +32,7 @@ from everylabel.engine.checkpoint import (
 )
 from everylabel.engine.inference import infer_logits
 from everylabel.engine.planning import RunPlan, plan_run, prepare
-from everylabel.experiments.config import DEFAULT_LR, Config
+from everylabel.experiments.config import DEFAULT_LR, Config, effective_lr
 from everylabel.methods import build_method
 from everylabel.networks import build_network
 from everylabel.transforms import build_augmentation
@@ -202,7 +202,7 @@ def build_optimizer(cfg, params) -> torch.optim.Optimizer:
     o = cfg.optim
     if o.name not in DEFAULT_LR:
         raise ValueError(f"optim.name must be 'adamw' or 'sgd', got {o.name!r}")
-    lr = o.lr or DEFAULT_LR[o.name]
+    lr = effective_lr(o.name, o.lr)
     if o.name == "adamw":
         params = list(params)
         try:

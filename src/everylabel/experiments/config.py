@@ -159,6 +159,17 @@ DEFAULT_LR = {"adamw": 5e-3, "sgd": 1e-2}
 higher on held-out DRIVE training images in both folds tried (0.8286 vs 0.8270 Dice, 6,000 steps,
 benchmarks/drive_lr_val.py; BENCHMARKS.md). Benchmarks recorded before then pin ``optim.lr: 0.003``."""
 
+FORMER_DEFAULT_LR = {"adamw": 3e-3, "sgd": 1e-2}
+"""What ``optim.lr: null`` stood for until 2026-11-25. Sweep run names hash the learning rate against it (see
+:func:`everylabel.experiments.sweep.hash_defaults`), and sweep result rows written before then, which store ``null``,
+are read with it (:func:`everylabel.experiments.run.stale_keys`)."""
+
+
+def effective_lr(name: str, lr: float | None, table: dict | None = None) -> float | None:
+    """The learning rate an optimizer ``name`` trains with for ``optim.lr`` = ``lr``: ``lr`` itself, or for ``None``
+    ``table[name]`` (default :data:`DEFAULT_LR`; ``None`` for an unknown optimizer)."""
+    return lr if lr is not None else (DEFAULT_LR if table is None else table).get(name)
+
 
 @dataclass(frozen=True)
 class OptimConfig:
@@ -291,8 +302,7 @@ def with_effective_lr(resolved: dict, table: dict | None = None) -> dict:
     optim = resolved.get("optim")
     if not isinstance(optim, dict) or optim.get("lr") is not None:
         return resolved
-    lr = (DEFAULT_LR if table is None else table).get(optim.get("name", "adamw"))
-    return {**resolved, "optim": {**optim, "lr": lr}}
+    return {**resolved, "optim": {**optim, "lr": effective_lr(optim.get("name", "adamw"), None, table)}}
 
 
 def parse_set_options(options: list[str] | tuple[str, ...]) -> dict:

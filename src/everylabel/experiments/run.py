@@ -305,10 +305,9 @@ def stale_keys(row: dict, run: RunSpec) -> list[str]:
     Run names hash only the config's difference from the defaults (see :mod:`.sweep`), so a changed default keeps
     the name; this comparison catches it. Keys that did not exist when the row was written (options added since,
     at their defaults) are not compared. ``optim.lr`` is compared as the learning rate trained with: rows store it
-    so; a row that stores ``null`` predates that and meant :data:`~everylabel.experiments.sweep.FORMER_DEFAULT_LR`.
+    so; a row that stores ``null`` predates that and meant :data:`~everylabel.experiments.config.FORMER_DEFAULT_LR`.
     """
-    from everylabel.experiments.config import config_from_dict, with_effective_lr
-    from everylabel.experiments.sweep import FORMER_DEFAULT_LR
+    from everylabel.experiments.config import FORMER_DEFAULT_LR, config_from_dict, with_effective_lr
 
     stored = _flatten(with_effective_lr(row.get("config") or {}, FORMER_DEFAULT_LR))
     now = _flatten(with_effective_lr(config_from_dict(run.overrides).to_dict()))

@@ -149,17 +149,14 @@ hash the config's difference from the defaults with these put back (see the modu
 - ``network.stem_stride``: added 2026-11-24 with default 2 (strided stem); earlier runs used the nnU-Net layout.
 """
 
-FORMER_DEFAULT_LR: dict = {"adamw": 3e-3, "sgd": 1e-2}
-"""What ``optim.lr: null`` stood for until 2026-11-25 (AdamW's default is 5e-3 since). Run names hash the effective
-learning rate against these, so a sweep that pins ``optim.lr: 0.003`` keeps the names its runs had when that was the
-default and one that takes today's default gets new names; result rows written before then store ``null``, which
-:func:`~everylabel.experiments.run.stale_keys` reads with this table."""
-
 
 def hash_defaults(optim_name: str = "adamw") -> dict:
     """The defaults that run names are hashed against: today's, with :data:`FORMER_DEFAULTS` put back and the
-    learning rate of :data:`FORMER_DEFAULT_LR` for ``optim_name``."""
-    from everylabel.experiments.config import config_from_dict, merge
+    learning rate ``optim.lr: null`` stood for before 2026-11-25 for ``optim_name``
+    (:data:`~everylabel.experiments.config.FORMER_DEFAULT_LR`). Run names hash the effective learning rate, so a
+    sweep that pins ``optim.lr: 0.003`` keeps the names its runs had when that was AdamW's default and one that takes
+    today's default gets new names."""
+    from everylabel.experiments.config import FORMER_DEFAULT_LR, config_from_dict, merge
 
     return merge(merge(config_from_dict({}).to_dict(), FORMER_DEFAULTS),
                  {"optim": {"lr": FORMER_DEFAULT_LR.get(optim_name)}})
@@ -465,7 +462,9 @@ def expand(spec: SweepSpec) -> list[RunSpec]:
                     resolved = with_effective_lr(config_from_dict(overrides).to_dict())
                     pool = len([c for c in pools[fold] if c["split"] in parsed.splits and c["id"] not in parsed.cases])
                     optim = resolved["optim"]["name"]
-                    delta = config_delta(resolved, defaults.setdefault(optim, hash_defaults(optim)))
+                    if optim not in defaults:
+                        defaults[optim] = hash_defaults(optim)
+                    delta = config_delta(resolved, defaults[optim])
                     key = {"config": delta, "protocol": proto, "seed": seed, "fold": fold, "folds": spec.folds,
                            "fold_seed": spec.fold_seed, "data": spec.data, "metrics": list(spec.metrics),
                            "cost": spec.cost}
