@@ -88,3 +88,16 @@ def test_simulate_writes_a_valid_manifest(tmp_path):
     assert all(c.get("boxes") and "mask" not in c for c in sim["cases"])
     res = CliRunner().invoke(main, ["check", str(tmp_path / "sim" / "manifest.yaml")])
     assert res.exit_code == 0, res.output
+
+
+def test_demo_runs_end_to_end_within_a_wall_clock_budget(tmp_path):
+    """`demo --minutes` trains for that budget (not --steps), then predicts, evaluates and prints the table."""
+    import json
+
+    res = CliRunner().invoke(main, ["demo", "--minutes", "0.05", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["completed"] and 3.0 <= metrics["train_seconds"] < 3.0 + 10.0 and metrics["steps"] < 1500
+    assert f"trained {metrics['steps']} steps" in res.output
+    assert "| dice |" in res.output and "vessel" in res.output and "organ" in res.output
+    assert len(list((tmp_path / "pred").glob("*.png"))) == 8

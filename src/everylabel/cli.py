@@ -165,8 +165,11 @@ def simulate(manifest: str, out: str, protocol: str | None, params: tuple[str, .
 @main.command()
 @click.option("--out", "out", type=click.Path(), default=None, help="Keep the demo's data and run here.")
 @click.option("--steps", type=int, default=1500, show_default=True)
+@click.option("--minutes", type=float, default=None,
+              help="Train for this wall-clock budget instead of --steps (train.minutes). On a slow machine "
+                   "`--minutes 2` keeps the demo under 3 minutes; its result then depends on the machine's speed.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def demo(out: str | None, steps: int, seed: int) -> None:
+def demo(out: str | None, steps: int, minutes: float | None, seed: int) -> None:
     """Build a synthetic 2D dataset, train, predict, evaluate and print the table (about 1.5 minutes on 2 cores)."""
     from everylabel.data.synthetic import make_dataset
     from everylabel.engine.evaluation import evaluate as run_evaluate
@@ -184,7 +187,8 @@ def demo(out: str | None, steps: int, seed: int) -> None:
     data = make_dataset(root / "data", seed=seed)
     click.echo(f"[demo] synthetic nnU-Net dataset (vessels + organs) in {data}")
     cfg = load_config(None, [f"train.steps={steps}", f"train.seed={seed}", "train.val_every=100",
-                             "data.patch_size=[128, 128]", "data.batch_size=8"])
+                             "data.patch_size=[128, 128]", "data.batch_size=8"] +
+                      ([f"train.minutes={minutes}"] if minutes is not None else []))
     metrics = run_train(data, root / "run", cfg)
     click.echo(f"[demo] trained {metrics['steps']} steps in {metrics['train_seconds']:.0f} s")
     run_predict(root / "run", data / "imagesTs", root / "pred")
