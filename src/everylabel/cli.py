@@ -178,6 +178,12 @@ def demo(out: str | None, steps: int, minutes: float | None, seed: int) -> None:
     from everylabel.experiments.config import load_config
     from everylabel.metrics import summary_markdown
 
+    try:  # bad options fail before any work
+        cfg = load_config(None, [f"train.steps={steps}", f"train.seed={seed}", "train.val_every=100",
+                                 "data.patch_size=[128, 128]", "data.batch_size=8"] +
+                          ([f"train.minutes={minutes}"] if minutes is not None else []))
+    except ValueError as e:
+        _fail(e)
     tmp = None
     if out is None:
         tmp = tempfile.TemporaryDirectory(prefix="everylabel-demo-")
@@ -186,9 +192,6 @@ def demo(out: str | None, steps: int, minutes: float | None, seed: int) -> None:
     t0 = time.perf_counter()
     data = make_dataset(root / "data", seed=seed)
     click.echo(f"[demo] synthetic nnU-Net dataset (vessels + organs) in {data}")
-    cfg = load_config(None, [f"train.steps={steps}", f"train.seed={seed}", "train.val_every=100",
-                             "data.patch_size=[128, 128]", "data.batch_size=8"] +
-                      ([f"train.minutes={minutes}"] if minutes is not None else []))
     metrics = run_train(data, root / "run", cfg)
     click.echo(f"[demo] trained {metrics['steps']} steps in {metrics['train_seconds']:.0f} s")
     run_predict(root / "run", data / "imagesTs", root / "pred")

@@ -206,6 +206,10 @@ class TrainConfig:
     """torch threads; None = torch's default."""
     checkpoint_every: int = 250
 
+    def __post_init__(self):  # fails when the config is loaded, before any work
+        if self.minutes is not None and not self.minutes > 0:
+            raise ValueError(f"train.minutes must be > 0 (or null for a step schedule), got {self.minutes!r}")
+
 
 @dataclass(frozen=True)
 class InferenceConfig:
