@@ -12,6 +12,15 @@ Parts (train, step and infer by default):
            DRIVE's 20 test images inside the field of view (1st observer), with flip test-time augmentation for
            all. A budget is the trainer's wall-clock budget (``train.minutes``): the LR schedule follows the
            fraction of the time spent, and the run stops when it is spent.
+  train_ref - (not run by default) the train part in step budgets that stand for wall-clock minutes on the issue's
+           reference machine, where MONAI's UNet trained this way took 9.7 minutes for 6,000 steps (97 ms a step),
+           so that machines of other speeds can check the wall-clock targets. MONAI's B minutes are B*60/0.097
+           steps; everylabel's are that times the ratio of the two networks' seconds per step in the training loop,
+           measured first in this run (one process alternating single steps of the two, medians); B/2 minutes are
+           half of those.
+           The poly schedule runs over the steps. Only the first layout is trained. --ref-steps OURS,MONAI gives
+           the budgets instead of probing them; a run that finished in --workdir with the same budget and seed is
+           reused and one stopped part-way resumed, so seeds can be added later to a table with the same budgets.
   train3d - (not run by default) each layout in 3D on LA_heart_h5 (16 training volumes, the planner's 64^3 patches
            and batch 2, budget --minutes-3d), test Dice on the 4 test volumes without TTA.
   step   - median time of one training step (forward + backward + AdamW) of each layout at everylabel's training
@@ -38,9 +47,12 @@ Usage:
   python benchmarks/drive_supervised.py                      # train, step, infer (~60 min on 2 cores)
   python benchmarks/drive_supervised.py --parts step,infer   # the speed parts only (~4 min)
   python benchmarks/drive_supervised.py --parts train3d      # 3D layouts on LA_heart_h5 (~35 min)
+  python benchmarks/drive_supervised.py --parts train_ref --layouts stem --seeds 0,1,2   # reference-machine budgets
   python benchmarks/drive_supervised.py --parts train3d,infer_trained --layouts stem --no-monai --workdir W
 Ends with: RESULT drive_dice=... train_minutes=... drive_dice_half_budget=... monai_drive_dice=...
 step_ratio_vs_monai=... step_ratio_3d_vs_monai=... [la3d_dice_<layout>=...]
+[ref_drive_dice=... ref_drive_dice_half_budget=... ref_monai_drive_dice=... ref_steps=... ref_half_steps=...
+ref_monai_steps=... ref_inloop_ratio_vs_monai=...]
 infer_ratio_vs_monai=... infer_ratio_bf16_vs_monai=... infer_label_agreement_fp32=... infer_label_agreement_bf16=...
 infer_ratio_fast_vs_monai=... [infer_trained_ratio_vs_monai=... infer_trained_ratio_cl3_vs_monai=...
 infer_trained_differing_voxels_fp32=... infer_trained_differing_voxels_cl3=... infer_trained_differing_voxels_bf16=...]
@@ -61,6 +73,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from everylabel.engine.checkpoint import atomic_write_json
 from everylabel.engine.trainer import autocast_dtype
 from everylabel.networks.unet import DEFAULT_FEATURES, STEM_FEATURES
 
@@ -68,6 +81,8 @@ REPO = Path(__file__).resolve().parents[1]
 MANIFEST = REPO / "examples" / "manifests" / "drive.yaml"
 LA_MANIFEST = REPO / "examples" / "manifests" / "la_heart.yaml"
 DRIVE_BASE = ("data.patch_size=[128, 128]", "data.batch_size=8")
+# The issue's reference machine: MONAI's UNet, trained as in the train part, took 9.7 minutes for 6,000 steps.
+REF_MONAI_STEP_S = 9.7 * 60 / 6000
 LA_BASE = ("optim.lr=0.003",)  # 3D: the planner's defaults (64^3 patches, batch 2); the LR of the recorded runs
 # everylabel U-Net layouts compared (constructor arguments; the training runs get the same as config overrides).
 # Each layout spelled out (stride and channels), so that a run does not depend on the config's default layout.
@@ -102,9 +117,13 @@ def peak_rss_mb() -> float:
 # ----------------------------------------------------------------------------------------------------------------
 def train_and_evaluate(network: str, minutes: float, seed: int, workdir: Path,
                        overrides: tuple[str, ...] = (), tag: str = "", manifest: Path = MANIFEST,
-                       base: tuple[str, ...] = DRIVE_BASE, tta: bool = True) -> dict:
+                       base: tuple[str, ...] = DRIVE_BASE, tta: bool = True, steps: int | None = None) -> dict:
     """Train for a wall-clock budget (``train.minutes``: the poly schedule follows the fraction of the budget spent
-    and the run stops when it is spent), predict the test split, Dice."""
+    and the run stops when it is spent), predict the test split, Dice.
+
+    With ``steps``, train for that many steps instead (``train.steps``, the poly schedule over them); ``minutes``
+    is then the reference-machine budget the steps stand for, kept in the row as ``budget_min``.
+    """
     from everylabel.engine.evaluation import evaluate
     from everylabel.engine.predictor import predict
     from everylabel.engine.trainer import train
@@ -115,9 +134,16 @@ def train_and_evaluate(network: str, minutes: float, seed: int, workdir: Path,
     common = [f"network.name={network}", *base, "data.val_fraction=0", f"train.seed={seed}", "train.log_every=100",
               "train.checkpoint_every=100000", *overrides]
     name = network + (f"_{tag}" if tag else "")
-    run = workdir / f"{name}_{minutes:g}min_seed{seed}"
+    budget = [f"train.minutes={minutes}"] if steps is None else [f"train.steps={steps}"]
+    run = workdir / (f"{name}_{minutes:g}min_seed{seed}" if steps is None else f"{name}_{steps}steps_seed{seed}")
+    done = run / "bench_row.json"
+    if steps is not None and done.is_file():
+        # a step-budget run does not depend on the machine's speed: a finished one is reused (same workdir)
+        print(f"reusing {done}", flush=True)
+        return json.loads(done.read_text())
     t0 = time.perf_counter()
-    m = train(manifest, run, load_config(None, common + [f"train.minutes={minutes}"]), progress=False)
+    # a step-budget run that was stopped part-way continues where it stopped (exact resume)
+    m = train(manifest, run, load_config(None, common + budget), progress=False, resume=steps is not None)
     wall = time.perf_counter() - t0
     pred = workdir / f"{run.name}_pred"
     t1 = time.perf_counter()
@@ -125,9 +151,81 @@ def train_and_evaluate(network: str, minutes: float, seed: int, workdir: Path,
     infer_s = time.perf_counter() - t1
     summary = evaluate(pred, manifest, split="test", metrics=("dice",))
     dice = summary["metrics"]["dice"]["foreground_mean"]
-    return {"network": name, "budget_min": minutes, "steps": m["steps"], "train_min": m["train_seconds"] / 60,
-            "wall_min": wall / 60, "test_dice": float(dice), "predict_s": infer_s,
-            "sec_per_step": m["train_seconds"] / m["steps"]}
+    row = {"network": name, "budget_min": minutes, "budget": f"{minutes:g} min" if steps is None else
+           f"{minutes:g} ref-min", "steps": m["steps"], "train_min": m["train_seconds"] / 60,
+           "wall_min": wall / 60, "test_dice": float(dice), "predict_s": infer_s,
+           "sec_per_step": m["train_seconds"] / m["steps"], "inloop_s": inloop_seconds(m["history"])}
+    if steps is not None:
+        atomic_write_json(done, row)
+    return row
+
+
+def inloop_seconds(history: list) -> float:
+    """Seconds per step between the first and the last log record of a run (the first steps' warm-up left out)."""
+    logs = [h for h in history if "lr" in h]
+    if len(logs) < 2:
+        return float("nan")
+    return (logs[-1]["time"] - logs[0]["time"]) / (logs[-1]["step"] - logs[0]["step"])
+
+
+def inloop_probe(layout: str, seed: int, overrides: tuple[str, ...], steps: int) -> dict:
+    """Seconds per training step in the training loop of everylabel's layout and of MONAI's UNet, set up the way
+    the trainer sets up the train part's runs (plan, patch sampler, augmentation, collate, channels_last, bf16
+    autocast where native, the method's loss, the configured optimiser). One process alternates single steps of
+    the two, each timed from drawing its batch to the optimiser step; medians over ``steps`` alternations, so the
+    machine's drift and spikes hit both alike (short separate runs on a busy 2-core machine did not agree)."""
+    from everylabel.data.batch import collate
+    from everylabel.data.manifest import load_case, load_dataset
+    from everylabel.data.sampling import PatchSampler
+    from everylabel.engine.planning import plan_run, prepare
+    from everylabel.engine.trainer import batch_groups, build_optimizer, split_cases
+    from everylabel.experiments.config import load_config
+    from everylabel.methods import build_method
+    from everylabel.networks import NETWORKS, build_network
+    from everylabel.transforms import build_augmentation
+
+    NETWORKS.setdefault("monai_unet", monai_unet)
+    manifest = load_dataset(MANIFEST)
+    runners = {}
+    for key, network, lay in (("ours", "unet", layout_overrides(layout)), ("monai", "monai_unet", ())):
+        cfg = load_config(None, [f"network.name={network}", *DRIVE_BASE, "data.val_fraction=0",
+                                 f"train.seed={seed}", *lay, *overrides])
+        specs, _ = split_cases(manifest, cfg)
+        raw = [load_case(manifest, c) for c in specs]
+        plan = plan_run(cfg, manifest, raw)
+        cases = [prepare(r, c.id, plan) for r, c in zip(raw, specs)]
+        torch.manual_seed(seed)
+        net = build_network(network, **plan.network).to(memory_format=torch.channels_last)
+        method = build_method(cfg.method, deep_supervision=cfg.network.deep_supervision)
+        method.setup(net)
+        rng = np.random.default_rng(seed)
+        runners[key] = dict(
+            net=net, method=method, opt=build_optimizer(cfg, net.parameters()), rng=rng,
+            aug=build_augmentation(cfg.augment),
+            sampler=PatchSampler(cases, plan.sample_patch, cfg.data.foreground_oversample, rng,
+                                 slice_axis=plan.slice_axis, slice_context=plan.slice_context),
+            groups=batch_groups(cfg.data.labelled_fraction, plan.batch_size, 1, cases),
+            amp=autocast_dtype(cfg.train.precision, torch.device("cpu")))
+
+    def one_step(r: dict, step: int) -> float:
+        t = time.perf_counter()
+        batch = collate([r["aug"](r["sampler"].sample(g), r["rng"]) for g in r["groups"]])
+        batch.image = batch.image.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=r["amp"], enabled=r["amp"] is not None):
+            loss = r["method"](r["net"], batch, step=step, total_steps=steps)["loss"]
+        r["opt"].zero_grad(set_to_none=True)
+        loss.backward()
+        r["opt"].step()
+        return time.perf_counter() - t
+
+    times: dict = {k: [] for k in runners}
+    for step in range(steps + 5):
+        for key, r in runners.items():
+            dt = one_step(r, step)
+            if step >= 5:  # warm-up left out
+                times[key].append(dt)
+    ours, monai = statistics.median(times["ours"]), statistics.median(times["monai"])
+    return {"ours_s": ours, "monai_s": monai, "ratio": monai / ours, "steps": steps}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -335,17 +433,17 @@ def print_train_table(rows: list) -> None:
     print("| network | budget | steps | train time | test Dice | predict |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['network']} | {r['budget_min']:g} min | {r['steps']} | {r['train_min']:.1f} min | "
+        print(f"| {r['network']} | {r['budget']} | {r['steps']} | {r['train_min']:.1f} min | "
               f"{r['test_dice']:.4f} | {r['predict_s']:.1f} s |")
     groups: dict = {}
     for r in rows:
-        groups.setdefault((r["network"], r["budget_min"]), []).append(r["test_dice"])
+        groups.setdefault((r["network"], r["budget"]), []).append(r["test_dice"])
     if any(len(d) > 1 for d in groups.values()):
         print("\n| network | budget | seeds | test Dice, mean +- std (sample) |")
         print("|---|---:|---:|---:|")
         for (network, budget), dice in groups.items():
             std = f"{np.std(dice, ddof=1):.4f}" if len(dice) > 1 else "-"
-            print(f"| {network} | {budget:g} min | {len(dice)} | {np.mean(dice):.4f} +- {std} |")
+            print(f"| {network} | {budget} | {len(dice)} | {np.mean(dice):.4f} +- {std} |")
 
 
 def print_infer_table(rows: list, monai_s: float) -> None:
@@ -383,6 +481,11 @@ def main(argv=None) -> int:
                     help="train: everylabel's budgets, 'full' (--minutes) and/or 'half'; empty for MONAI's runs only")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="a config override for every training run, both networks (e.g. optim.lr=0.005)")
+    ap.add_argument("--ref-steps", default=None, metavar="OURS,MONAI",
+                    help="train_ref: everylabel's and MONAI's step budgets for --minutes, given instead of probed "
+                         "(to add seeds to an earlier run with the same budgets; half budgets are half of OURS)")
+    ap.add_argument("--probe-steps", type=int, default=300,
+                    help="train_ref: steps of each network in the in-loop step-time probe")
     ap.add_argument("--minutes-3d", type=float, default=15.0, help="training budget of the train3d runs")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--infer-model", default=None,
@@ -393,10 +496,10 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     parts = set(args.parts.split(","))
     unknown = [x for x in args.layouts.split(",") if x not in LAYOUTS] + [
-        x for x in parts if x not in ("train", "train3d", "step", "infer", "infer_unet", "infer_trained")]
+        x for x in parts if x not in ("train", "train_ref", "train3d", "step", "infer", "infer_unet", "infer_trained")]
     if unknown:
-        ap.error(f"unknown part or layout {', '.join(unknown)}; parts: train, train3d, step, infer, infer_unet, "
-                 f"infer_trained; "
+        ap.error(f"unknown part or layout {', '.join(unknown)}; parts: train, train_ref, train3d, step, infer, "
+                 f"infer_unet, infer_trained; "
                  f"layouts: {', '.join(LAYOUTS)}")
     budgets = [b for b in args.budgets.split(",") if b]
     if any(b not in ("full", "half") for b in budgets):
@@ -453,6 +556,40 @@ def main(argv=None) -> int:
         print("\n## DRIVE test Dice (20 test images, inside the FOV, 1st observer)")
         print_train_table(rows)
         print(f"peak memory (RSS) {results['peak_rss_mb']:.0f} MB")
+    if "train_ref" in parts:
+        layout = args.layouts.split(",")[0]
+        if args.ref_steps:
+            full, monai_steps = (int(x) for x in args.ref_steps.split(","))
+            probe = {"ratio": full / monai_steps, "given": True}
+            print(f"\n## Step budgets given (--ref-steps): {args.minutes:g} reference minutes are {monai_steps} MONAI "
+                  f"steps and {full} everylabel steps (in-loop ratio {probe['ratio']:.2f})", flush=True)
+        else:
+            probe = inloop_probe(layout, 0, extra, args.probe_steps)
+            monai_steps = round(args.minutes * 60 / REF_MONAI_STEP_S)
+            full = round(monai_steps * probe["ratio"])
+            print(f"\n## In-loop seconds per step (medians of {probe['steps']} alternating steps): everylabel "
+                  f"{layout} {1e3 * probe['ours_s']:.1f} ms, MONAI UNet "
+                  f"{1e3 * probe['monai_s']:.1f} ms, ratio {probe['ratio']:.2f}; on the reference machine (MONAI "
+                  f"{1e3 * REF_MONAI_STEP_S:.0f} ms a step) {args.minutes:g} minutes are {monai_steps} MONAI steps "
+                  f"and {full} everylabel steps", flush=True)
+        ref_steps = {"full": (args.minutes, full), "half": (args.minutes / 2, round(full / 2))}
+        rows = []
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            for b in budgets:
+                minutes, steps = ref_steps[b]
+                rows.append(train_and_evaluate("unet", minutes, seed, workdir, layout_overrides(layout) + extra,
+                                               tag=layout, steps=steps))
+            if not args.no_monai:
+                rows.append(train_and_evaluate("monai_unet", args.minutes, seed, workdir, extra, steps=monai_steps))
+        results["train_ref"] = {"probe": probe, "monai_steps": monai_steps, "steps": full, "rows": rows}
+        print("\n## DRIVE test Dice in reference-machine step budgets (ref-min: minutes on the reference machine)")
+        print_train_table(rows)
+        ours_s = [r["inloop_s"] for r in rows if r["network"] == f"unet_{layout}"]
+        monai_s = [r["inloop_s"] for r in rows if r["network"] == "monai_unet"]
+        if ours_s and monai_s:
+            print(f"in-loop seconds per step over these runs (medians): everylabel "
+                  f"{1e3 * statistics.median(ours_s):.1f} ms, MONAI {1e3 * statistics.median(monai_s):.1f} ms, "
+                  f"ratio {statistics.median(monai_s) / statistics.median(ours_s):.2f}")
     if "train3d" in parts:
         rows = []
         for seed in [int(s) for s in args.seeds.split(",")]:
@@ -492,6 +629,22 @@ def main(argv=None) -> int:
             fields.append(f"drive_dice_half_budget={np.mean(rows_of(f'unet_{main_layout}', args.minutes / 2)):.4f}")
         if not args.no_monai:
             fields.append(f"monai_drive_dice={np.mean(rows_of('monai_unet', args.minutes)):.4f}")
+    if "train_ref" in results:
+        ref = results["train_ref"]
+
+        def ref_dice(network, minutes):
+            return np.mean([r["test_dice"] for r in ref["rows"]
+                            if r["network"] == network and r["budget_min"] == minutes])
+
+        ours = f"unet_{main_layout}"
+        if "full" in budgets:
+            fields.append(f"ref_drive_dice={ref_dice(ours, args.minutes):.4f}")
+        if "half" in budgets:
+            fields.append(f"ref_drive_dice_half_budget={ref_dice(ours, args.minutes / 2):.4f}")
+        if not args.no_monai:
+            fields.append(f"ref_monai_drive_dice={ref_dice('monai_unet', args.minutes):.4f}")
+        fields += [f"ref_steps={ref['steps']}", f"ref_half_steps={round(ref['steps'] / 2)}",
+                   f"ref_monai_steps={ref['monai_steps']}", f"ref_inloop_ratio_vs_monai={ref['probe']['ratio']:.2f}"]
     if "step" in results:
         fields += [f"step_ratio_vs_monai={results['step'][2]['layouts'][main_layout]['ratio']:.2f}",
                    f"step_ratio_3d_vs_monai={results['step'][3]['layouts'][main_layout]['ratio']:.2f}"]
