@@ -141,10 +141,13 @@ def train_and_evaluate(network: str, minutes: float, seed: int, workdir: Path,
         # a step-budget run does not depend on the machine's speed: a finished one is reused (same workdir)
         print(f"reusing {done}", flush=True)
         return json.loads(done.read_text())
+    resumed = (run / "checkpoints" / "last.pt").is_file()
     t0 = time.perf_counter()
     # a step-budget run that was stopped part-way continues where it stopped (exact resume)
     m = train(manifest, run, load_config(None, common + budget), progress=False, resume=steps is not None)
     wall = time.perf_counter() - t0
+    if not m["completed"]:  # stopped by SIGTERM: its checkpoint is kept, the benchmark stops without a row
+        raise SystemExit(f"{run} stopped at step {m['steps']} before its budget; run the same command to resume it")
     pred = workdir / f"{run.name}_pred"
     t1 = time.perf_counter()
     predict(run, manifest, pred, progress=False, split="test", tta=tta)
@@ -154,7 +157,8 @@ def train_and_evaluate(network: str, minutes: float, seed: int, workdir: Path,
     row = {"network": name, "budget_min": minutes, "budget": f"{minutes:g} min" if steps is None else
            f"{minutes:g} ref-min", "steps": m["steps"], "train_min": m["train_seconds"] / 60,
            "wall_min": wall / 60, "test_dice": float(dice), "predict_s": infer_s,
-           "sec_per_step": m["train_seconds"] / m["steps"], "inloop_s": inloop_seconds(m["history"])}
+           "sec_per_step": m["train_seconds"] / m["steps"], "inloop_s": inloop_seconds(m["history"]),
+           "resumed": resumed}
     if steps is not None:
         atomic_write_json(done, row)
     return row
@@ -433,7 +437,8 @@ def print_train_table(rows: list) -> None:
     print("| network | budget | steps | train time | test Dice | predict |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['network']} | {r['budget']} | {r['steps']} | {r['train_min']:.1f} min | "
+        print(f"| {r['network']} | {r['budget']} | {r['steps']} | {r['train_min']:.1f} min"
+              f"{' (resumed: this session)' if r.get('resumed') else ''} | "
               f"{r['test_dice']:.4f} | {r['predict_s']:.1f} s |")
     groups: dict = {}
     for r in rows:
