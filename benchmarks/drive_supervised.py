@@ -621,9 +621,12 @@ def main(argv=None) -> int:
 
     fields = []
     main_layout = args.layouts.split(",")[0]
+    def dice_of(rows, network, minutes):
+        return [r["test_dice"] for r in rows if r["network"] == network and r["budget_min"] == minutes]
+
     if "train" in results:
         def rows_of(network, minutes):
-            return [r["test_dice"] for r in results["train"] if r["network"] == network and r["budget_min"] == minutes]
+            return dice_of(results["train"], network, minutes)
 
         main_rows = [r for r in results["train"] if r["network"] == f"unet_{main_layout}"
                      and r["budget_min"] == args.minutes]
@@ -638,8 +641,7 @@ def main(argv=None) -> int:
         ref = results["train_ref"]
 
         def ref_dice(network, minutes):
-            return np.mean([r["test_dice"] for r in ref["rows"]
-                            if r["network"] == network and r["budget_min"] == minutes])
+            return np.mean(dice_of(ref["rows"], network, minutes))
 
         ours = f"unet_{main_layout}"
         if "full" in budgets:
